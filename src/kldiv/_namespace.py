@@ -1,0 +1,140 @@
+"""Which array namespace ``xp`` serves an array, decided lazily and without importing frameworks.
+
+* NumPy arrays, Python lists and scalars: ``numpy`` itself (NumPy 2 is an array-API namespace).
+* Any other array: ``array_api_compat.array_namespace`` (PyTorch, JAX, CuPy, Dask, array-api-strict,
+  ...), or the array's own ``__array_namespace__`` when array-api-compat is not installed.
+
+Frameworks are never imported here: an array can only come from a framework the caller has already
+imported, and array-api-compat's ``is_*_array`` checks look in ``sys.modules`` only.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+Array = Any
+Namespace = Any
+
+_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+
+
+def is_foreign_array(x: object) -> bool:
+    """True for an array object that is not NumPy's (and not a Python list or scalar)."""
+    if isinstance(x, (np.ndarray, np.generic, list, tuple, int, float, bool)) or x is None:
+        return False
+    return hasattr(x, "__array_namespace__") or (hasattr(x, "shape") and hasattr(x, "dtype"))
+
+
+def namespace_of(x: Array) -> Namespace:
+    """The array-API namespace of one array (``numpy`` for NumPy arrays and Python values)."""
+    if not is_foreign_array(x):
+        return np
+    try:
+        import array_api_compat
+    except ImportError:
+        own = getattr(x, "__array_namespace__", None)
+        if own is not None:
+            return own()
+        raise TypeError(
+            f"kldiv needs the package array-api-compat to work with {type(x).__module__}."
+            f"{type(x).__name__} arrays; install it with `pip install kldiv[array-api]`."
+        ) from None
+    try:
+        return array_api_compat.array_namespace(x)
+    except TypeError:
+        raise TypeError(
+            f"kldiv cannot compute with arrays of type {type(x).__module__}.{type(x).__name__}: "
+            "expected a NumPy, PyTorch, JAX or other array-API array, or a Python list."
+        ) from None
+
+
+def common_namespace(*arrays: Array) -> Namespace:
+    """The namespace of the first non-NumPy array among ``arrays`` (else NumPy).
+
+    The others are converted into it by :func:`as_array`, so NumPy or list targets can be mixed
+    with framework predictions.
+    """
+    for x in arrays:
+        if is_foreign_array(x):
+            return namespace_of(x)
+    return np
+
+
+def device_of(x: Array) -> Any:
+    """The device of an array (None for NumPy)."""
+    if "array_api_compat" in sys.modules or not isinstance(x, np.ndarray):
+        try:
+            import array_api_compat
+
+            return array_api_compat.device(x)
+        except ImportError:
+            return getattr(x, "device", None)
+    return None
+
+
+def is_python_value(x: object) -> bool:
+    """Python scalars and (nested) lists or tuples, which follow Keras' float32 conversion."""
+    return isinstance(x, (list, tuple, int, float, bool))
+
+
+def as_numpy_input(x: object) -> np.ndarray:
+    """NumPy array of a Python value; Python floats become float32, as ``tf.convert_to_tensor`` does."""
+    arr = np.asarray(x)
+    if arr.dtype == np.float64 and is_python_value(x):
+        arr = arr.astype(np.float32)
+    return arr
+
+
+def as_array(xp: Namespace, x: Array, like: Array | None = None) -> Array:
+    """``x`` as an array of namespace ``xp`` (on ``like``'s device when given)."""
+    if is_python_value(x) or isinstance(x, np.generic):
+        x = as_numpy_input(x)
+    if xp is np:
+        return np.asarray(x)
+    if is_foreign_array(x):
+        if namespace_of(x) is not xp:
+            raise TypeError(
+                f"kldiv cannot mix {type(x).__module__}.{type(x).__name__} with arrays of "
+                f"{getattr(xp, '__name__', xp)}: expected arrays of one library (NumPy arrays and "
+                "Python lists mix with any)."
+            )
+        return x
+    if like is not None:
+        device = device_of(like)
+        if device is not None:
+            return xp.asarray(x, device=device)
+    return xp.asarray(x)
+
+
+def is_floating(xp: Namespace, dtype: Any) -> bool:
+    """True for a real floating dtype (bfloat16 included) of namespace ``xp``."""
+    try:
+        return bool(xp.isdtype(dtype, "real floating"))
+    except (TypeError, ValueError, AttributeError):
+        return str(dtype).rsplit(".", 1)[-1] in _FLOAT_NAMES
+
+
+def is_low_precision(xp: Namespace, dtype: Any) -> bool:
+    """True for float16 and bfloat16, which kldiv accumulates in float32."""
+    return str(dtype).rsplit(".", 1)[-1] in ("float16", "bfloat16")
+
+
+def dtype_named(xp: Namespace, name: str) -> Any:
+    """The dtype called ``name`` (e.g. ``"bfloat16"``) in namespace ``xp``."""
+    dtype = getattr(xp, name, None)
+    if dtype is None:
+        module = sys.modules.get(getattr(xp, "__name__", "").rsplit(".", 1)[-1])
+        dtype = getattr(module, name, None) if module is not None else None
+    if dtype is None and xp is np and name == "bfloat16":
+        import ml_dtypes
+
+        dtype = ml_dtypes.bfloat16
+    if dtype is None:
+        raise TypeError(
+            f"Argument `dtype`: expected a dtype that {getattr(xp, '__name__', xp)} supports; "
+            f"received {name!r}."
+        )
+    return dtype
