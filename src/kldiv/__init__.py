@@ -5,7 +5,15 @@ on any array library (NumPy, PyTorch, JAX, array-API arrays), plus the math dist
 ``kldiv.torch`` and ``kldiv.jax`` and import their framework when first used.
 """
 
-from .losses import KLD, KLDivergence, kl_divergence, kld, kullback_leibler_divergence
+from .losses import (
+    KLD,
+    JSDivergence,
+    KLDivergence,
+    js_divergence,
+    kl_divergence,
+    kld,
+    kullback_leibler_divergence,
+)
 from .options import Options
 from .reduction import Reduction
 from .registry import get
@@ -14,11 +22,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "KLD",
+    "JSDivergence",
     "KLDivergence",
     "Options",
     "Reduction",
     "__version__",
     "get",
+    "js_divergence",
     "kl_divergence",
     "kld",
     "kullback_leibler_divergence",

@@ -7,8 +7,8 @@ import numbers
 from typing import Any
 
 from . import errors
-from .core.divergences import FORMATS
-from .core.reductions import ALL_REDUCTIONS
+from .core.divergences import DIRECTIONS, FORMATS
+from .core.reductions import ALL_REDUCTIONS, MEAN_REDUCTIONS
 
 DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
 
@@ -36,8 +36,7 @@ def input_format(argument: str, value: object) -> str:
 
 def formats(y_true_format: object, y_pred_format: object, from_logits: object) -> tuple[str, str]:
     """Resolve ``from_logits`` (Keras shorthand for ``y_pred_format="logits"``)."""
-    if not isinstance(from_logits, bool):
-        raise TypeError(errors.message("from_logits", "True or False", from_logits))
+    flag("from_logits", from_logits)
     true_format = input_format("y_true_format", y_true_format)
     pred_format = input_format("y_pred_format", y_pred_format)
     if from_logits:
@@ -56,18 +55,70 @@ def formats(y_true_format: object, y_pred_format: object, from_logits: object) -
 
 def epsilon(value: object) -> float:
     """``0`` (exact mode) or a small positive float (Keras mode clip)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(errors.message("epsilon", "a float in [0, 1)", value))
-    value = float(value)
+    value = _real("epsilon", value, "a float in [0, 1)")
     if not (0.0 <= value < 1.0) or math.isnan(value):
         raise ValueError(errors.message("epsilon", "a float in [0, 1)", value))
     return value
 
 
-def axis(value: object) -> int:
+def integer(argument: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(errors.message("axis", "an integer", value))
+        raise TypeError(errors.message(argument, "an integer", value))
     return int(value)
+
+
+def flag(argument: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(errors.message(argument, "True or False", value))
+    return value
+
+
+def _real(argument: str, value: object, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(errors.message(argument, expected, value))
+    return float(value)
+
+
+def direction(value: object) -> str:
+    if value not in DIRECTIONS:
+        raise errors.one_of("direction", DIRECTIONS, value)
+    return str(value)
+
+
+def beta(value: object) -> float:
+    """The Jensen–Shannon mixture weight, in ``[0, 1]``."""
+    number = _real("beta", value, "a float in [0, 1]")
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(errors.message("beta", "a float in [0, 1]", value))
+    return number
+
+
+def temperature(value: object) -> float:
+    number = _real("temperature", value, "a finite float > 0")
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(errors.message("temperature", "a finite float > 0", value))
+    return number
+
+
+def num_items(value: object, reduction_name: str | None) -> object:
+    """A global count for the mean reductions: a positive number or a scalar array."""
+    if value is None:
+        return None
+    if reduction_name not in MEAN_REDUCTIONS:
+        raise ValueError(
+            errors.message(
+                "num_items", f"None with reduction={reduction_name!r} (it has no denominator)", value
+            )
+        )
+    if isinstance(value, bool):
+        raise TypeError(errors.message("num_items", "a positive number or a scalar array", value))
+    if isinstance(value, numbers.Real):
+        if not value > 0:
+            raise ValueError(errors.message("num_items", "a positive number", value))
+        return value
+    if getattr(value, "ndim", None) != 0:
+        raise ValueError(errors.message("num_items", "a positive number or a scalar array", value))
+    return value
 
 
 def dtype(value: object) -> str | None:
@@ -95,5 +146,55 @@ def broadcastable(true_shape: Any, pred_shape: Any, result: Any) -> None:
     if result is None:
         raise ValueError(
             f"Arguments `y_true` and `y_pred`: expected shapes that broadcast together; received "
+            f"shapes {tuple(true_shape)} and {tuple(pred_shape)}."
+        )
+
+
+def _tolerance(xp: Any, dtype: Any) -> float:
+    """How far from 1 a row may sum: a few hundred ulps of the input dtype, at least 1e-6."""
+    bits = str(dtype).rsplit(".", 1)[-1]
+    return {"float16": 1e-2, "bfloat16": 3e-2, "float32": 1e-4}.get(bits, 1e-6)
+
+
+def _any(xp: Any, condition: Any) -> bool:
+    try:
+        return bool(xp.any(condition))
+    except Exception as error:  # a traced value (jax.jit, tf.function) has no concrete truth
+        raise ValueError(
+            "Option `validate=True` checks input values and needs concrete arrays; it cannot run "
+            f"inside a traced function ({type(error).__name__}). Use validate=False there."
+        ) from None
+
+
+def input_values(xp: Any, argument: str, x: Any, fmt: str, axis_value: int, original_dtype: Any) -> None:
+    """``validate=True``: the values of ``x`` describe distributions in format ``fmt``."""
+    if _any(xp, xp.isnan(x)):
+        raise ValueError(errors.message(argument, "no NaN values", x))
+    if _any(xp, x == math.inf):
+        raise ValueError(errors.message(argument, "no +inf values", x))
+    tolerance = _tolerance(xp, original_dtype)
+    if fmt == "probs":
+        if _any(xp, x < 0) or _any(xp, x > 1):
+            raise ValueError(errors.message(argument, "probabilities in [0, 1]", x))
+        total = xp.sum(x, axis=axis_value)
+    elif fmt == "log_probs":
+        if _any(xp, x > 0):
+            raise ValueError(errors.message(argument, "log-probabilities <= 0", x))
+        total = xp.sum(xp.exp(x), axis=axis_value)
+    else:
+        return
+    if _any(xp, xp.abs(total - 1) > tolerance):
+        worst = float(xp.max(xp.abs(total - 1)))
+        raise ValueError(
+            f"Argument `{argument}`: expected {fmt} whose rows sum to 1 along axis {axis_value} "
+            f"(within {tolerance:g}); received rows that are off by up to {worst:.3g}."
+        )
+
+
+def same_shape(true_shape: Any, pred_shape: Any) -> None:
+    """``validate=True``: ``y_true`` and ``y_pred`` have the same shape."""
+    if tuple(true_shape) != tuple(pred_shape):
+        raise ValueError(
+            f"Arguments `y_true` and `y_pred`: expected equal shapes (validate=True); received "
             f"shapes {tuple(true_shape)} and {tuple(pred_shape)}."
         )

@@ -1,27 +1,39 @@
 r"""Divergences between discrete distributions, written once against an array namespace ``xp``.
 
-Notation: ``t`` is the first argument (``y_true``, the target or teacher distribution P) and ``p`` the
-second (``y_pred``, the prediction or student distribution Q), both along ``axis``.
+Notation: ``t`` is the first argument (``y_true``: the target or teacher distribution P) and ``p``
+the second (``y_pred``: the prediction or student distribution Q), both along ``axis``.
 
-Forward Kullback–Leibler divergence, summed over ``axis``:
+.. math::
 
-.. math::  \mathrm{KL}(P \,\|\, Q) = \sum_i t_i \,(\log t_i - \log p_i)
+    \mathrm{KL}(P \,\|\, Q) &= \sum_i t_i (\log t_i - \log p_i)               && \text{forward}\\
+    \mathrm{KL}(Q \,\|\, P) &= \sum_i p_i (\log p_i - \log t_i)               && \text{reverse}\\
+    \mathrm{KL}(P \,\|\, Q) &+ \mathrm{KL}(Q \,\|\, P)                         && \text{symmetric}\\
+    \mathrm{JS}_\beta(P, Q) &= \beta\,\mathrm{KL}(P \,\|\, M) + (1-\beta)\,\mathrm{KL}(Q \,\|\, M),
+        \quad M = \beta P + (1-\beta) Q                                          && \text{Jensen–Shannon}
+
+``JS_β`` is 0 at ``β = 0`` and ``β = 1`` (then ``M`` equals one of the two); its limits are the scaled
+KL divergences: ``JS_β / β → KL(P‖Q)`` as ``β → 0`` and ``JS_β / (1 − β) → KL(Q‖P)`` as ``β → 1``.
+``β = 1/2`` is the classic Jensen–Shannon divergence (at most ``log 2``). TRL's
+``generalized_jsd_loss`` and Liger-Kernel's JSD use the same mixture and weights for ``0 < β < 1``
+but return the *unscaled* forward / reverse KL at the endpoints; kldiv keeps the formula continuous
+(use ``direction="forward"`` / ``"reverse"`` for those).
 
 Two modes, chosen by ``epsilon``:
 
-* **Keras mode** (``epsilon > 0``, default ``1e-7`` = Keras ``backend.epsilon()``): every probability is
-  clipped to ``[epsilon, 1]`` before use, exactly as ``tf.keras.losses.kl_divergence`` does
-  (``sum(t * log(t / p))`` after ``clip``). Values given in log space (``"log_probs"``, ``"logits"``
-  after a log-softmax) are clipped to ``[log(epsilon), 0]``, the same rule in log space. The clip is
-  a bias: ``KL(p, p)`` is not exactly 0 where ``p`` has entries below ``epsilon``.
-* **Exact mode** (``epsilon == 0``): no clip. ``0 · log 0 = 0`` (a zero target contributes nothing),
-  ``t > 0, p = 0`` gives ``+inf``. The gradient is finite and correct wherever the value is finite:
-  the zero-target entries are masked *before* any ``log`` or division (the "double where" rule), so
-  no ``0 · inf`` appears in the backward pass.
+* **Keras mode** (``epsilon > 0``, default ``1e-7`` = Keras ``backend.epsilon()``): every probability
+  is clipped to ``[epsilon, 1]`` first, exactly as ``tf.keras.losses.kl_divergence`` does
+  (``sum(t * log(t / p))`` after ``clip``). Values given in log space (``"log_probs"``, or
+  ``"logits"`` after a log-softmax) are clipped to ``[log(epsilon), 0]``, the same rule in log space.
+  The clip is a bias: ``KL(p, p)`` is not exactly 0 where ``p`` has entries below ``epsilon``.
+* **Exact mode** (``epsilon == 0``): no clip. ``0 · log 0 = 0`` (a zero-probability entry of the
+  distribution in front of the log contributes nothing); ``t > 0, p = 0`` gives ``+inf``. Gradients
+  are finite and correct wherever the value is finite: zero entries are masked *before* any ``log``
+  (the "double where" rule), so no ``0 · inf`` appears in the backward pass.
 
-Input formats (``y_true_format`` / ``y_pred_format``): ``"probs"`` (probabilities), ``"log_probs"``
-(natural-log probabilities) or ``"logits"`` (unnormalised; converted with a stable log-softmax along
-``axis``). A probability is never formed just to take its log again.
+Input formats: ``"probs"`` (probabilities), ``"log_probs"`` (natural-log probabilities) or
+``"logits"`` (unnormalised, converted with a stable log-softmax along ``axis``). A probability is
+never formed just to take its log again. ``temperature`` ``T`` divides the log-probabilities or
+logits of both inputs, which are then renormalised: ``log_softmax(log x / T)``.
 """
 
 from __future__ import annotations
@@ -30,16 +42,16 @@ import math
 from typing import Any
 
 FORMATS = ("probs", "log_probs", "logits")
+DIRECTIONS = ("forward", "reverse", "symmetric")
 
 Array = Any
 Namespace = Any
 
 
 def log_softmax(xp: Namespace, x: Array, axis: int) -> Array:
-    r"""Stable :math:`\log \mathrm{softmax}(x) = x - \max x - \log \sum \exp(x - \max x)` along ``axis``.
+    r""":math:`x - \max x - \log \sum \exp(x - \max x)` along ``axis`` (stable).
 
-    A row whose maximum is not finite (all ``-inf``) is shifted by 0 instead, so it gives ``nan``
-    only where the math is undefined.
+    A row whose maximum is not finite (all ``-inf``) is shifted by 0 instead.
     """
     shift = xp.max(x, axis=axis, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
@@ -47,73 +59,88 @@ def log_softmax(xp: Namespace, x: Array, axis: int) -> Array:
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
 
-def _log_of(xp: Namespace, x: Array, fmt: str, axis: int) -> Array:
-    """``log`` of a distribution given in ``fmt`` (probabilities are passed through ``xp.log``)."""
-    if fmt == "logits":
-        return log_softmax(xp, x, axis)
-    if fmt == "log_probs":
+def _where(xp: Namespace, mask: Array | None, value: float, x: Array) -> Array:
+    """``where(mask, value, x)``; ``x`` itself when there is no mask."""
+    if mask is None:
         return x
-    return xp.log(x)
+    return xp.where(mask, xp.full_like(x, value), x)
 
 
-def _clip_log(xp: Namespace, log_x: Array, epsilon: float) -> Array:
-    """Keras' ``clip(x, epsilon, 1)`` expressed in log space."""
-    return xp.clip(log_x, math.log(epsilon), 0.0)
+class Distribution:
+    """One argument of a divergence, in the format it came in, after temperature and Keras clip.
+
+    Exact mode keeps zeros (``log 0 = -inf``) and hands out logs and probabilities *masked* by the
+    caller's zero mask, so that no ``log`` or division is ever evaluated at a masked zero.
+    """
+
+    __slots__ = ("epsilon", "log_probs", "probs", "xp")
+
+    def __init__(
+        self, xp: Namespace, x: Array, fmt: str, *, axis: int, epsilon: float, temperature: float
+    ) -> None:
+        self.xp, self.epsilon = xp, epsilon
+        self.probs: Array | None = None
+        self.log_probs: Array | None = None
+        if fmt == "probs" and temperature == 1.0:
+            self.probs = xp.clip(x, epsilon, 1.0) if epsilon > 0 else x
+            return
+        log_x = x
+        if fmt == "probs":
+            log_x = xp.log(xp.clip(x, epsilon, 1.0) if epsilon > 0 else x)
+        if temperature != 1.0:
+            log_x = log_x / temperature
+        if fmt == "logits" or temperature != 1.0:
+            log_x = log_softmax(xp, log_x, axis)
+        self.log_probs = xp.clip(log_x, math.log(epsilon), 0.0) if epsilon > 0 else log_x
+
+    def zeros(self) -> Array | None:
+        """Where the probability is exactly 0 (exact mode only; Keras mode has none)."""
+        if self.epsilon > 0:
+            return None
+        return self.probs == 0 if self.probs is not None else self.log_probs == -math.inf
+
+    def log(self, masked: Array | None) -> Array:
+        """``log`` of the probabilities, 0 where ``masked`` (computed from a safe argument)."""
+        if self.probs is not None:
+            return self.xp.log(_where(self.xp, masked, 1.0, self.probs))
+        return _where(self.xp, masked, 0.0, self.log_probs)
+
+    def prob(self, masked: Array | None) -> Array:
+        """The probabilities, 0 where ``masked``."""
+        probs = self.probs if self.probs is not None else self.xp.exp(self.log_probs)
+        return _where(self.xp, masked, 0.0, probs)
 
 
-def _keras_forward_kl(
-    xp: Namespace,
-    t: Array,
-    p: Array,
-    *,
-    true_format: str,
-    pred_format: str,
-    epsilon: float,
-    axis: int,
-) -> Array:
-    """Keras mode: clip every probability to ``[epsilon, 1]`` (in log space for log inputs)."""
-    if true_format == "probs" and pred_format == "probs":
+def kl(xp: Namespace, a: Distribution, b: Distribution, axis: int) -> Array:
+    r""":math:`\mathrm{KL}(A \,\|\, B) = \sum_i a_i (\log a_i - \log b_i)` along ``axis``."""
+    if a.epsilon > 0 and a.probs is not None and b.probs is not None:
         # The Keras program itself, operation for operation, so float32 results round alike.
-        t = xp.clip(t, epsilon, 1.0)
-        p = xp.clip(p, epsilon, 1.0)
-        return xp.sum(t * xp.log(t / p), axis=axis)
-    if true_format == "probs":
-        t = xp.clip(t, epsilon, 1.0)
-        log_t = xp.log(t)
-    else:
-        log_t = _clip_log(xp, _log_of(xp, t, true_format, axis), epsilon)
-        t = xp.exp(log_t)
-    if pred_format == "probs":
-        log_p = xp.log(xp.clip(p, epsilon, 1.0))
-    else:
-        log_p = _clip_log(xp, _log_of(xp, p, pred_format, axis), epsilon)
-    return xp.sum(t * (log_t - log_p), axis=axis)
+        return xp.sum(a.probs * xp.log(a.probs / b.probs), axis=axis)
+    zero = a.zeros()
+    return xp.sum(a.prob(zero) * (a.log(zero) - b.log(zero)), axis=axis)
 
 
-def _exact_forward_kl(
-    xp: Namespace, t: Array, p: Array, *, true_format: str, pred_format: str, axis: int
-) -> Array:
-    """Exact mode: ``0·log 0 = 0``, ``+inf`` where ``t > 0 = p``, NaN-free gradients."""
-    if tuple(t.shape) != tuple(p.shape):
-        t, p = xp.broadcast_arrays(t, p)
-    if true_format == "probs":
-        zero = t == 0
-        log_t = xp.log(xp.where(zero, xp.ones_like(t), t))
-    else:
-        log_t = _log_of(xp, t, true_format, axis)
-        zero = log_t == -math.inf
-        log_t = xp.where(zero, xp.zeros_like(log_t), log_t)
-        t = xp.exp(log_t)
-    if pred_format == "probs":
-        # Masked before the log, so that d log(p)/dp = 1/p is never evaluated at a zero target.
-        log_p = xp.log(xp.where(zero, xp.ones_like(p), p))
-    else:
-        log_p = xp.where(zero, xp.zeros_like(p), _log_of(xp, p, pred_format, axis))
-    t = xp.where(zero, xp.zeros_like(t), t)
-    return xp.sum(t * (log_t - log_p), axis=axis)
+def js(xp: Namespace, a: Distribution, b: Distribution, beta: float, axis: int) -> Array:
+    r""":math:`\beta\,\mathrm{KL}(A\|M) + (1-\beta)\,\mathrm{KL}(B\|M)`, :math:`M = \beta A + (1-\beta) B`.
+
+    ``log M`` is a ``logaddexp`` of the two log-probabilities, never a log of a sum of probabilities.
+    """
+    if beta in (0.0, 1.0):
+        # M equals one of the two distributions: exactly 0, still connected to the inputs' graph.
+        log_a = a.log(a.zeros())
+        return xp.sum(xp.where(xp.isnan(log_a), log_a, xp.zeros_like(log_a)), axis=axis)
+    zero_a, zero_b = a.zeros(), b.zeros()
+    log_a, log_b = a.log(zero_a), b.log(zero_b)
+    weighted_a, weighted_b = log_a + math.log(beta), log_b + math.log1p(-beta)
+    log_m = xp.logaddexp(weighted_a, weighted_b)
+    if zero_a is not None:
+        log_m = xp.where(zero_a, weighted_b, xp.where(zero_b, weighted_a, log_m))
+    kl_a = xp.sum(a.prob(zero_a) * (log_a - log_m), axis=axis)
+    kl_b = xp.sum(b.prob(zero_b) * (log_b - log_m), axis=axis)
+    return beta * kl_a + (1.0 - beta) * kl_b
 
 
-def forward_kl(
+def divergence(
     xp: Namespace,
     y_true: Array,
     y_pred: Array,
@@ -122,22 +149,26 @@ def forward_kl(
     pred_format: str = "probs",
     epsilon: float = 1e-7,
     axis: int = -1,
+    direction: str = "forward",
+    beta: float | None = None,
+    temperature: float = 1.0,
 ) -> Array:
-    r"""Per-sample forward KL divergence :math:`\sum_i t_i (\log t_i - \log p_i)` along ``axis``.
+    """Per-sample divergence of ``y_true`` (P) and ``y_pred`` (Q) along ``axis``.
 
-    Equals the naive program ``sum(t * log(t / p), axis)`` on clipped probabilities in Keras mode
-    (``epsilon > 0``) and the mathematical definition with ``0·log 0 = 0`` in exact mode
-    (``epsilon == 0``). Inputs must already share a floating dtype and broadcast against each
-    other; the result has their broadcast shape without ``axis``.
+    ``beta=None`` selects a KL divergence by ``direction`` (``"forward"`` KL(P‖Q), ``"reverse"``
+    KL(Q‖P), ``"symmetric"`` their sum); a ``beta`` in ``[0, 1]`` selects ``JS_β(P, Q)``. Inputs must
+    share a floating dtype and broadcast together; the result has their broadcast shape without
+    ``axis``. With the defaults this is the Keras program ``sum(t * log(t / p), axis)`` on clipped
+    probabilities.
     """
-    if epsilon > 0:
-        return _keras_forward_kl(
-            xp,
-            y_true,
-            y_pred,
-            true_format=true_format,
-            pred_format=pred_format,
-            epsilon=epsilon,
-            axis=axis,
-        )
-    return _exact_forward_kl(xp, y_true, y_pred, true_format=true_format, pred_format=pred_format, axis=axis)
+    if epsilon == 0 and tuple(y_true.shape) != tuple(y_pred.shape):
+        y_true, y_pred = xp.broadcast_arrays(y_true, y_pred)
+    p = Distribution(xp, y_true, true_format, axis=axis, epsilon=epsilon, temperature=temperature)
+    q = Distribution(xp, y_pred, pred_format, axis=axis, epsilon=epsilon, temperature=temperature)
+    if beta is not None:
+        return js(xp, p, q, beta, axis)
+    if direction == "forward":
+        return kl(xp, p, q, axis)
+    if direction == "reverse":
+        return kl(xp, q, p, axis)
+    return kl(xp, p, q, axis) + kl(xp, q, p, axis)

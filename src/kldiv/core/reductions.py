@@ -21,6 +21,14 @@ Two families, chosen by the spelling of the reduction (the names are in :class:`
   both with ``divide_no_nan``; ``None`` is ``"none"``. Keras 3 returns an empty loss unreduced;
   kldiv returns 0 for every reduction but ``none`` (a scalar, as the contract promises).
 
+* **Distillation** (``"batchmean"``, ``"token_mean"``), with the tf_keras weight rules:
+  ``"batchmean"`` is ``sum(w * L) / L.shape[0]`` (PyTorch ``F.kl_div(reduction="batchmean")``: per
+  sample of the leading axis, i.e. per *sequence* for ``[batch, tokens, vocab]`` inputs);
+  ``"token_mean"`` is ``sum(w * L) / (number of unmasked positions of L)`` (per *token*: Liger's and
+  TRL's "batchmean" on flattened tokens), 0 when every position is masked.
+
+A ``mask`` turns the mean reductions into means over the unmasked positions (Keras' masked mean);
+``num_items`` replaces the denominator of every mean reduction by a caller-provided global count.
 Shapes are static Python integers, so every rule here is decided without touching the data.
 """
 
@@ -37,7 +45,9 @@ Namespace = Any
 
 TF_KERAS_REDUCTIONS = ("auto", "none", "sum", "sum_over_batch_size")
 KERAS3_REDUCTIONS = ("mean", "mean_with_sample_weight", None)
-ALL_REDUCTIONS = (*TF_KERAS_REDUCTIONS, *KERAS3_REDUCTIONS)
+DISTILLATION_REDUCTIONS = ("batchmean", "token_mean")
+ALL_REDUCTIONS = (*TF_KERAS_REDUCTIONS, *KERAS3_REDUCTIONS, *DISTILLATION_REDUCTIONS)
+MEAN_REDUCTIONS = ("auto", "sum_over_batch_size", "mean", "mean_with_sample_weight", *DISTILLATION_REDUCTIONS)
 
 
 def _invalid_weight(weight_shape: Sequence[int], loss_shape: Sequence[int]) -> ValueError:
@@ -55,16 +65,34 @@ def _divide_no_nan(xp: Namespace, numerator: Array, denominator: Array) -> Array
     return xp.where(zero, xp.zeros_like(numerator), numerator / safe)
 
 
+def _count(xp: Namespace, mask: Array | None, shape: tuple[int, ...], dtype: Any) -> Array | int:
+    """Number of unmasked positions of a loss of ``shape`` (its size when there is no mask)."""
+    if mask is None:
+        return math.prod(shape)
+    return xp.sum(xp.astype(xp.broadcast_to(mask, shape), dtype))
+
+
 def reduce_weighted(
-    xp: Namespace, losses: Array, sample_weight: Array | None, reduction: str | None
+    xp: Namespace,
+    losses: Array,
+    sample_weight: Array | None,
+    reduction: str | None,
+    *,
+    mask: Array | None = None,
+    num_items: Any = None,
 ) -> Array:
-    """Weight and reduce a per-sample loss by a Keras reduction (see the module docstring).
+    """Weight and reduce a per-sample loss (see the module docstring and the table in the README).
 
     Args:
         xp: the array namespace of ``losses``.
-        losses: per-sample loss ``L``, any shape.
+        losses: per-sample loss ``L``, any shape, already 0 at masked positions.
         sample_weight: ``None`` or an array of ``losses``' namespace and dtype.
         reduction: one of :data:`ALL_REDUCTIONS`.
+        mask: ``None`` or a boolean array broadcastable to ``L`` (True = counted). With a mask the
+            mean reductions divide by the number of unmasked positions, as Keras does with masks.
+        num_items: a global count (number or scalar array) that replaces the denominator of every
+            mean reduction, so that accumulated or data-parallel micro-batches give the gradient
+            of one big batch.
 
     Raises:
         ValueError: ``sample_weight`` cannot be aligned with ``losses``; the message names both shapes.
@@ -85,7 +113,18 @@ def reduce_weighted(
     total = xp.sum(weighted)
     if reduction == "sum":
         return total
+    if num_items is not None:
+        return total / num_items
+    shape = tuple(weighted.shape)
+    if reduction == "batchmean":
+        return total / (shape[0] if shape else 1)
     if reduction == "mean_with_sample_weight" and sample_weight is not None:
+        if mask is not None:
+            sample_weight = xp.where(
+                xp.broadcast_to(mask, shape), sample_weight, xp.zeros_like(sample_weight)
+            )
         return _divide_no_nan(xp, total, xp.sum(sample_weight))
-    size = math.prod(weighted.shape)
-    return total if size == 0 else total / size
+    count = _count(xp, mask, shape, total.dtype)
+    if isinstance(count, int):
+        return total if count == 0 else total / count
+    return _divide_no_nan(xp, total, count)
