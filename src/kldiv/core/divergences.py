@@ -126,9 +126,11 @@ def js(xp: Namespace, a: Distribution, b: Distribution, beta: float, axis: int) 
     ``log M`` is a ``logaddexp`` of the two log-probabilities, never a log of a sum of probabilities.
     """
     if beta in (0.0, 1.0):
-        # M equals one of the two distributions: exactly 0, still connected to the inputs' graph.
-        log_a = a.log(a.zeros())
-        return xp.sum(xp.where(xp.isnan(log_a), log_a, xp.zeros_like(log_a)), axis=axis)
+        # M equals one of the two distributions: exactly 0 (NaN inputs stay NaN), still connected
+        # to both inputs' autograd graphs with a zero gradient.
+        log_a, log_b = a.log(a.zeros()), b.log(b.zeros())
+        zero = xp.where(xp.isnan(log_a), log_a, xp.zeros_like(log_a))
+        return xp.sum(zero + xp.where(xp.isnan(log_b), log_b, xp.zeros_like(log_b)), axis=axis)
     zero_a, zero_b = a.zeros(), b.zeros()
     log_a, log_b = a.log(zero_a), b.log(zero_b)
     weighted_a, weighted_b = log_a + math.log(beta), log_b + math.log1p(-beta)
