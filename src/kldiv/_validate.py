@@ -9,6 +9,7 @@ from typing import Any
 from . import errors
 from .core.divergences import DIRECTIONS, FORMATS
 from .core.reductions import ALL_REDUCTIONS, MEAN_REDUCTIONS
+from .kernels.dispatch import BACKENDS
 
 DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
 
@@ -77,6 +78,12 @@ def _real(argument: str, value: object, expected: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(errors.message(argument, expected, value))
     return float(value)
+
+
+def backend(value: object) -> str:
+    if value not in BACKENDS:
+        raise errors.one_of("backend", BACKENDS, value)
+    return str(value)
 
 
 def direction(value: object) -> str:

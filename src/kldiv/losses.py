@@ -7,13 +7,17 @@ scalars are converted as Keras converts them (Python floats become float32).
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
+
+import numpy as np
 
 from . import _distribute, _namespace, _validate, errors
 from .core import masking
 from .core.divergences import divergence
 from .core.reductions import KERAS3_REDUCTIONS, reduce_weighted
 from .core.shapes import broadcast_shape, remove_squeezable_dimensions, squeeze_or_expand_to_same_rank
+from .kernels import dispatch
 from .options import Options
 
 Array = Any
@@ -22,7 +26,7 @@ Array = Any
 class _Prepared:
     """Inputs in one namespace and the compute dtype, the keep-mask, and the dtype to return."""
 
-    __slots__ = ("compute_dtype", "keep", "output_dtype", "xp", "y_pred", "y_true")
+    __slots__ = ("axis", "compute_dtype", "keep", "output_dtype", "use_kernel", "xp", "y_pred", "y_true")
 
     def __init__(
         self,
@@ -71,7 +75,9 @@ class _Prepared:
         self.keep = self._keep_mask(
             xp, options, mask, labels, like=y_pred, loss_shape=shape[:axis] + shape[axis + 1 :]
         )
-        if self.keep is not None:
+        self.axis = axis
+        self.use_kernel = dispatch.use_kernel(options, xp, y_true, y_pred)
+        if self.keep is not None and not self.use_kernel:
             y_true = masking.mask_input(xp, y_true, options.y_true_format, self.keep, axis)
             y_pred = masking.mask_input(xp, y_pred, options.y_pred_format, self.keep, axis)
         self.xp, self.y_true, self.y_pred = xp, y_true, y_pred
@@ -101,8 +107,14 @@ class _Prepared:
             return keep
         return xp.broadcast_to(keep, loss_shape)
 
-    def per_sample(self, options: Options) -> Array:
-        """The per-sample divergence (0 at masked positions, ``T²``-scaled when asked)."""
+    def per_sample(self, options: Options, grad_scale_hint: float = 1.0) -> Array:
+        """The per-sample divergence (0 at masked positions, ``T²``-scaled when asked).
+
+        ``grad_scale_hint``: the gradient each per-sample value is expected to receive from the
+        reduction; the fused kernel pre-scales its gradient by it (see :mod:`kldiv.kernels`).
+        """
+        if self.use_kernel:
+            return self._per_sample_kernel(options, grad_scale_hint)
         losses = divergence(
             self.xp,
             self.y_true,
@@ -120,6 +132,32 @@ class _Prepared:
         if self.keep is not None:
             losses = masking.mask_losses(self.xp, losses, self.keep)
         return losses
+
+    def _per_sample_kernel(self, options: Options, grad_scale_hint: float) -> Array:
+        from .kernels import fused
+
+        if self.xp is np:
+            return fused.per_sample_numpy(options, self.y_true, self.y_pred, self.keep, self.axis)
+        return fused.per_sample_torch(
+            options, self.y_true, self.y_pred, self.keep, self.axis, grad_scale_hint
+        )
+
+    def grad_scale_hint(
+        self, losses_shape: tuple, reduction: str | None, has_weight: bool, num_items: Any
+    ) -> float:
+        """The gradient each per-sample value gets from an unweighted reduction (1 if unknown)."""
+        if not self.use_kernel or has_weight or reduction in ("none", None, "sum"):
+            return 1.0
+        if isinstance(num_items, (int, float)):
+            return 1.0 / num_items
+        if reduction == "batchmean":
+            return 1.0 / losses_shape[0] if losses_shape and losses_shape[0] else 1.0
+        count = (
+            math.prod(losses_shape)
+            if self.keep is None
+            else int(self.xp.sum(self.xp.astype(self.keep, self.xp.int32)))
+        )
+        return 1.0 / count if count else 1.0
 
     def weight(self, sample_weight: Array, like: Array) -> Array:
         weight = _namespace.as_array(self.xp, sample_weight, like=like)
@@ -153,6 +191,7 @@ def kl_divergence(
     labels: Array | None = None,
     ignore_index: int = -100,
     validate: bool = False,
+    backend: str = "auto",
 ) -> Array:
     r"""Per-sample Kullback–Leibler divergence :math:`\sum_i t_i \log(t_i / p_i)` along ``axis``.
 
@@ -180,6 +219,9 @@ def kl_divergence(
             are masked out (token-level distillation).
         ignore_index: the label value to mask (``-100``, as PyTorch and Hugging Face).
         validate: check the input values (NaN, range, rows summing to 1, equal shapes).
+        backend: ``"auto"`` (the fused Numba kernel for large NumPy / CPU torch inputs when
+            Numba is installed, else the core), ``"numba"`` or ``"core"``; see
+            :mod:`kldiv.kernels.dispatch`. Results agree to float32 rounding.
 
     Returns:
         The per-sample loss, shape ``[batch, d0, .., dN-1]``, in the caller's array type.
@@ -208,6 +250,7 @@ def kl_divergence(
         scale_by_temperature_squared=scale_by_temperature_squared,
         ignore_index=ignore_index,
         validate=validate,
+        backend=backend,
     )
     return _per_sample(options, y_true, y_pred, mask, labels)
 
@@ -232,6 +275,7 @@ def js_divergence(
     labels: Array | None = None,
     ignore_index: int = -100,
     validate: bool = False,
+    backend: str = "auto",
 ) -> Array:
     r"""Per-sample generalized Jensen–Shannon divergence along ``axis``.
 
@@ -261,6 +305,7 @@ def js_divergence(
         scale_by_temperature_squared=scale_by_temperature_squared,
         ignore_index=ignore_index,
         validate=validate,
+        backend=backend,
     )
     return _per_sample(options, y_true, y_pred, mask, labels)
 
@@ -307,7 +352,10 @@ class _DivergenceLoss:
         num_items = _validate.num_items(num_items, self.reduction)
         keras3 = self.reduction in KERAS3_REDUCTIONS
         prepared = _Prepared(self.options, y_true, y_pred, keras3_shapes=keras3, mask=mask, labels=labels)
-        losses = prepared.per_sample(self.options)
+        loss_shape = broadcast_shape(prepared.y_true.shape, prepared.y_pred.shape)
+        loss_shape = loss_shape[: prepared.axis] + loss_shape[prepared.axis + 1 :]
+        hint = prepared.grad_scale_hint(loss_shape, self.reduction, sample_weight is not None, num_items)
+        losses = prepared.per_sample(self.options, hint)
         xp = prepared.xp
         weight = None if sample_weight is None else prepared.weight(sample_weight, like=losses)
         if num_items is not None and not isinstance(num_items, (int, float)):
@@ -350,6 +398,7 @@ _COMMON_KEYS = (
     "scale_by_temperature_squared",
     "ignore_index",
     "validate",
+    "backend",
 )
 
 
@@ -402,6 +451,7 @@ class KLDivergence(_DivergenceLoss):
         scale_by_temperature_squared: bool = False,
         ignore_index: int = -100,
         validate: bool = False,
+        backend: str = "auto",
     ) -> None:
         options = Options.create(
             y_true_format=y_true_format,
@@ -415,6 +465,7 @@ class KLDivergence(_DivergenceLoss):
             scale_by_temperature_squared=scale_by_temperature_squared,
             ignore_index=ignore_index,
             validate=validate,
+            backend=backend,
         )
         super().__init__(reduction, name, options)
 
@@ -448,6 +499,7 @@ class JSDivergence(_DivergenceLoss):
         scale_by_temperature_squared: bool = False,
         ignore_index: int = -100,
         validate: bool = False,
+        backend: str = "auto",
     ) -> None:
         options = Options.create(
             y_true_format=y_true_format,
@@ -461,5 +513,6 @@ class JSDivergence(_DivergenceLoss):
             scale_by_temperature_squared=scale_by_temperature_squared,
             ignore_index=ignore_index,
             validate=validate,
+            backend=backend,
         )
         super().__init__(reduction, name, options)

@@ -42,6 +42,7 @@ class Options:
     scale_by_temperature_squared: bool = False
     ignore_index: int = -100
     validate: bool = False
+    backend: str = "auto"
 
     @classmethod
     def create(
@@ -59,6 +60,7 @@ class Options:
         scale_by_temperature_squared: bool = False,
         ignore_index: int = -100,
         validate: bool = False,
+        backend: str = "auto",
     ) -> Options:
         """Validate and build; raises ``ValueError`` / ``TypeError`` naming the bad argument."""
         true_format, pred_format = _validate.formats(y_true_format, y_pred_format, from_logits)
@@ -76,6 +78,7 @@ class Options:
             ),
             ignore_index=_validate.integer("ignore_index", ignore_index),
             validate=_validate.flag("validate", validate),
+            backend=_validate.backend(backend),
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -1,0 +1,65 @@
+"""Run the fused kernel for a prepared call: NumPy directly, torch through ``autograd.Function``.
+
+The kernel works on C-contiguous ``[rows, n]`` views with the distribution axis last; inputs with
+another ``axis`` are moved (one copy). Per-sample values come back in the compute dtype, shaped
+like the core's result, with ``T²`` applied when asked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .numba_cpu import fused_rows
+
+
+def _kernel_options(options: Any) -> dict[str, Any]:
+    return {
+        "true_format": options.y_true_format,
+        "pred_format": options.y_pred_format,
+        "direction": options.direction,
+        "beta": options.beta,
+        "epsilon": options.epsilon,
+        "temperature": options.temperature,
+    }
+
+
+def _squared_temperature(options: Any) -> float:
+    return options.temperature**2 if options.scale_by_temperature_squared else 1.0
+
+
+def per_sample_numpy(
+    options: Any, y_true: np.ndarray, y_pred: np.ndarray, keep: Any, axis: int
+) -> np.ndarray:
+    """Per-sample divergence of NumPy arrays (no gradient: NumPy has no autograd)."""
+    t = np.ascontiguousarray(np.moveaxis(y_true, axis, -1))
+    p = np.ascontiguousarray(np.moveaxis(y_pred, axis, -1))
+    batch_shape, n = p.shape[:-1], p.shape[-1]
+    rows = math.prod(batch_shape)
+    keep_rows = None if keep is None else np.broadcast_to(keep, batch_shape).reshape(rows)
+    values, _ = fused_rows(
+        t.reshape(rows, n),
+        p.reshape(rows, n),
+        np.ones(rows),
+        keep_rows,
+        want_grad=False,
+        **_kernel_options(options),
+    )
+    values *= _squared_temperature(options)
+    return values.astype(p.dtype, copy=False).reshape(batch_shape)
+
+
+def per_sample_torch(
+    options: Any, y_true: Any, y_pred: Any, keep: Any, axis: int, grad_scale_hint: float
+) -> Any:
+    """Per-sample divergence of CPU torch tensors, differentiable w.r.t. ``y_pred``.
+
+    ``grad_scale_hint`` is the gradient each row is expected to receive from the reduction (e.g.
+    ``1/rows`` for a mean); the kernel writes the gradient pre-scaled by it, so that the backward
+    pass returns it untouched when the guess is right (one pass over the data saved).
+    """
+    from .torch_function import FusedDivergence
+
+    return FusedDivergence.apply(y_true, y_pred, keep, axis, options, grad_scale_hint)

@@ -1,0 +1,206 @@
+"""The fused Numba kernel equals the core (the reference) for every option, to float32 rounding.
+
+The rule (ml-cross-entropy's): the kernel's error against a float64 ground truth may not exceed the
+core's own float32 error by more than a small tolerance.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kldiv
+
+SETTINGS = settings(max_examples=60, deadline=None)
+KINDS = [{"direction": "forward"}, {"direction": "reverse"}, {"direction": "symmetric"}, {"beta": 0.3}]
+FORMATS = ["probs", "log_probs", "logits"]
+
+
+def compute(kind, t, p, **options):
+    if "beta" in kind:
+        return kldiv.js_divergence(t, p, beta=kind["beta"], **options)
+    return kldiv.kl_divergence(t, p, direction=kind["direction"], **options)
+
+
+def make(fmt: str, logits: np.ndarray, zeros: bool) -> np.ndarray:
+    log_probs = scipy.special.log_softmax(logits, axis=-1)
+    if zeros:
+        row_max = logits == logits.max(axis=-1, keepdims=True)  # every row keeps some mass
+        log_probs = np.where((logits < -1.5) & ~row_max, -np.inf, log_probs)
+        log_probs = log_probs - scipy.special.logsumexp(log_probs, axis=-1, keepdims=True)
+    if fmt == "probs":
+        return np.exp(log_probs)
+    if fmt == "logits":
+        return np.where(np.isfinite(log_probs), log_probs + 2.0, -1e4)
+    return log_probs
+
+
+def kernel_error_within_core_error(kernel, core, exact, *, slack):
+    """|kernel − truth| ≤ |core32 − truth| + slack · |truth|, elementwise, on finite values."""
+    kernel, core, exact = (np.asarray(x, dtype=np.float64) for x in (kernel, core, exact))
+    finite = np.isfinite(exact)
+    assert np.array_equal(np.isfinite(kernel), finite), (kernel, exact)
+    bound = np.abs(core - exact) + slack * np.maximum(np.abs(exact), 1.0)
+    assert np.all(np.abs(kernel - exact)[finite] <= bound[finite]), np.max(np.abs(kernel - exact)[finite])
+
+
+@SETTINGS
+@given(
+    kind=st.sampled_from(KINDS),
+    true_format=st.sampled_from(FORMATS),
+    pred_format=st.sampled_from(FORMATS),
+    epsilon=st.sampled_from([0.0, 1e-7]),
+    temperature=st.sampled_from([1.0, 2.0]),
+    rows=st.integers(1, 9),
+    n=st.integers(1, 700),
+    zeros=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_values_match_core(kind, true_format, pred_format, epsilon, temperature, rows, n, zeros, seed):
+    rng = np.random.default_rng(seed)
+    t = make(true_format, rng.normal(size=(rows, n)) * 2, zeros)
+    p = make(pred_format, rng.normal(size=(rows, n)) * 2, zeros and epsilon > 0)
+    options = {
+        "y_true_format": true_format,
+        "y_pred_format": pred_format,
+        "epsilon": epsilon,
+        "temperature": temperature,
+    }
+    t32, p32 = t.astype(np.float32), p.astype(np.float32)
+    with np.errstate(all="ignore"):
+        kernel = compute(kind, t32, p32, backend="numba", **options)
+        core = compute(kind, t32, p32, backend="core", **options)
+        exact = compute(kind, t32.astype(np.float64), p32.astype(np.float64), backend="core", **options)
+    assert kernel.dtype == np.float32
+    kernel_error_within_core_error(kernel, core, exact, slack=2e-6)
+
+
+@SETTINGS
+@given(
+    kind=st.sampled_from(KINDS),
+    pred_format=st.sampled_from(FORMATS),
+    epsilon=st.sampled_from([0.0, 1e-7]),
+    temperature=st.sampled_from([1.0, 0.5]),
+    reduction=st.sampled_from(["auto", "sum", "batchmean", "token_mean", "none"]),
+    weighted=st.booleans(),
+    masked=st.booleans(),
+    shape=st.sampled_from([(3, 5, 17), (1, 1), (7, 1), (4, 300)]),
+    seed=st.integers(0, 2**16),
+)
+def test_torch_gradients_match_core(
+    kind, pred_format, epsilon, temperature, reduction, weighted, masked, shape, seed
+):
+    rng = np.random.default_rng(seed)
+    t = torch.tensor(make("probs", rng.normal(size=shape), False))
+    p_data = make(pred_format, rng.normal(size=shape), False)
+    batch = shape[:-1]
+    weight = torch.tensor(rng.random(batch)) if weighted else None
+    mask = torch.tensor(rng.random(batch) < 0.6) if masked else None
+    results = {}
+    for backend in ("numba", "core"):
+        p = torch.tensor(p_data, requires_grad=True)
+        loss = kldiv.KLDivergence(
+            reduction=reduction,
+            y_pred_format=pred_format,
+            epsilon=epsilon,
+            temperature=temperature,
+            scale_by_temperature_squared=True,
+            backend=backend,
+            **({"direction": kind["direction"]} if "direction" in kind else {}),
+        )
+        if "beta" in kind:
+            loss = kldiv.JSDivergence(
+                reduction=reduction,
+                beta=kind["beta"],
+                y_pred_format=pred_format,
+                epsilon=epsilon,
+                temperature=temperature,
+                backend=backend,
+            )
+        value = loss(t, p, sample_weight=weight, mask=mask)
+        upstream = torch.linspace(0.5, 2.0, value.numel(), dtype=value.dtype).reshape(value.shape)
+        (value * upstream).sum().backward()  # grad_output != 1, and per row for "none"
+        results[backend] = (value.detach().numpy(), p.grad.numpy())
+    np.testing.assert_allclose(results["numba"][0], results["core"][0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(results["numba"][1], results["core"][1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_non_last_axis_and_non_contiguous(axis):
+    rng = np.random.default_rng(0)
+    t = scipy.special.softmax(rng.normal(size=(6, 5, 40)), axis=axis).astype(np.float32)
+    p = scipy.special.softmax(rng.normal(size=(6, 5, 40)), axis=axis).astype(np.float32)
+    t_view, p_view = t[:, ::1, ::2], p[:, ::1, ::2]  # non-contiguous views
+    kernel = kldiv.kl_divergence(t_view, p_view, axis=axis, backend="numba", epsilon=0)
+    core = kldiv.kl_divergence(t_view, p_view, axis=axis, backend="core", epsilon=0)
+    np.testing.assert_allclose(kernel, core, rtol=2e-6, atol=1e-7)
+
+
+def test_empty_input():
+    empty = np.zeros((0, 7), dtype=np.float32)
+    assert kldiv.kl_divergence(empty, empty, backend="numba").shape == (0,)
+    assert kldiv.KLDivergence(backend="numba")(empty, empty) == 0.0
+
+
+def test_torch_gradcheck_through_the_autograd_function():
+    rng = np.random.default_rng(1)
+    t = torch.tensor(scipy.special.softmax(rng.normal(size=(3, 6)), -1))
+    p = torch.tensor(rng.normal(size=(3, 6)), requires_grad=True)
+
+    def fn(student):
+        return kldiv.kl_divergence(t, student, from_logits=True, epsilon=0, backend="numba", temperature=1.7)
+
+    assert torch.autograd.gradcheck(fn, (p,), eps=1e-6, atol=1e-7)
+
+
+def test_backend_numba_refuses_what_it_cannot_serve():
+    with pytest.raises(ValueError, match=r"`backend`.*broadcast"):
+        kldiv.kl_divergence(np.ones((2, 3)) / 3, np.ones(3) / 3, backend="numba")
+    with pytest.raises(ValueError, match=r"`backend`.*beta at an endpoint"):
+        kldiv.js_divergence(np.ones((2, 3)) / 3, np.ones((2, 3)) / 3, backend="numba", beta=0.0)
+    with pytest.raises(ValueError, match=r"`backend`.*jax"):
+        kldiv.kl_divergence(jnp.ones((2, 3)) / 3, jnp.ones((2, 3)) / 3, backend="numba")
+
+
+def test_float16_is_computed_in_float32_by_the_kernel():
+    rng = np.random.default_rng(4)
+    t = scipy.special.softmax(rng.normal(size=(5, 30)), -1).astype(np.float16)
+    p = scipy.special.softmax(rng.normal(size=(5, 30)), -1).astype(np.float16)
+    kernel = kldiv.kl_divergence(t, p, backend="numba")
+    assert kernel.dtype == np.float16
+    core = kldiv.kl_divergence(t, p, backend="core")
+    np.testing.assert_allclose(kernel.astype(np.float32), core.astype(np.float32), rtol=1e-3)
+
+
+def test_auto_uses_the_kernel_only_for_large_inputs(monkeypatch):
+    from kldiv.kernels import fused
+
+    calls = []
+    original = fused.per_sample_numpy
+    monkeypatch.setattr(fused, "per_sample_numpy", lambda *a: calls.append(1) or original(*a))
+    small = np.full((4, 4), 0.25, dtype=np.float32)
+    kldiv.kl_divergence(small, small)
+    assert calls == []
+    large = np.full((64, 1024), 1 / 1024, dtype=np.float32)
+    kldiv.kl_divergence(large, large)
+    assert calls == [1]
+
+
+def test_second_backward_through_the_same_graph_recomputes():
+    rng = np.random.default_rng(2)
+    t = torch.tensor(scipy.special.softmax(rng.normal(size=(4, 9)), -1))
+    grads = {}
+    for backend in ("numba", "core"):
+        p = torch.tensor(rng.normal(size=(4, 9)) if backend == "numba" else grads["data"], requires_grad=True)
+        grads["data"] = p.detach().numpy()
+        value = kldiv.KLDivergence(backend=backend, from_logits=True, epsilon=0)(t, p)
+        value.backward(retain_graph=True)
+        value.backward(retain_graph=True)
+        (2 * value).backward()
+        grads[backend] = p.grad.numpy().copy()
+    np.testing.assert_allclose(grads["numba"], grads["core"], rtol=1e-10, atol=1e-14)
