@@ -1,11 +1,14 @@
 """Which array namespace ``xp`` serves an array, decided lazily and without importing frameworks.
 
 * NumPy arrays, Python lists and scalars: ``numpy`` itself (NumPy 2 is an array-API namespace).
+* TensorFlow tensors and variables: :mod:`kldiv._tf_namespace` (TensorFlow has no array-API namespace).
+* Keras 3 symbolic tensors (``keras.KerasTensor``): :mod:`kldiv._keras_namespace` (``keras.ops``).
 * Any other array: ``array_api_compat.array_namespace`` (PyTorch, JAX, CuPy, Dask, array-api-strict,
   ...), or the array's own ``__array_namespace__`` when array-api-compat is not installed.
 
 Frameworks are never imported here: an array can only come from a framework the caller has already
-imported, and array-api-compat's ``is_*_array`` checks look in ``sys.modules`` only.
+imported, so TensorFlow and Keras are looked up in ``sys.modules`` (as array-api-compat's
+``is_*_array`` checks do), and their shims are imported only for one of their tensors.
 """
 
 from __future__ import annotations
@@ -28,10 +31,44 @@ def is_foreign_array(x: object) -> bool:
     return hasattr(x, "__array_namespace__") or (hasattr(x, "shape") and hasattr(x, "dtype"))
 
 
+def _framework_namespace(x: Array) -> Namespace | None:
+    """The kldiv shim serving a TensorFlow tensor or a Keras 3 symbolic tensor (else None)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(x, (getattr(tf, "Tensor", ()), getattr(tf, "Variable", ()))):
+        from . import _tf_namespace
+
+        return _tf_namespace
+    keras = sys.modules.get("keras")
+    if keras is not None and isinstance(x, getattr(keras, "KerasTensor", ())):
+        from . import _keras_namespace
+
+        return _keras_namespace
+    return None
+
+
+def _torch_namespace(x: Array) -> Namespace | None:
+    """``array_api_compat.torch`` for a torch tensor, found without array-api-compat's cached
+    type dispatch (which ``torch.compile`` would trace through on every call)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(x, torch.Tensor):
+        return None
+    try:
+        import array_api_compat.torch
+    except ImportError:  # namespace_of explains what to install
+        return None
+    return array_api_compat.torch
+
+
 def namespace_of(x: Array) -> Namespace:
     """The array-API namespace of one array (``numpy`` for NumPy arrays and Python values)."""
     if not is_foreign_array(x):
         return np
+    shim = _framework_namespace(x)
+    if shim is not None:
+        return shim
+    shim = _torch_namespace(x)
+    if shim is not None:
+        return shim
     try:
         import array_api_compat
     except ImportError:
@@ -47,7 +84,7 @@ def namespace_of(x: Array) -> Namespace:
     except TypeError:
         raise TypeError(
             f"kldiv cannot compute with arrays of type {type(x).__module__}.{type(x).__name__}: "
-            "expected a NumPy, PyTorch, JAX or other array-API array, or a Python list."
+            "expected a NumPy, PyTorch, JAX, TensorFlow or other array-API array, or a Python list."
         ) from None
 
 
@@ -65,6 +102,8 @@ def common_namespace(*arrays: Array) -> Namespace:
 
 def device_of(x: Array) -> Any:
     """The device of an array (None for NumPy)."""
+    if _framework_namespace(x) is not None:
+        return getattr(x, "device", None) or None
     if "array_api_compat" in sys.modules or not isinstance(x, np.ndarray):
         try:
             import array_api_compat
@@ -101,7 +140,8 @@ def as_array(xp: Namespace, x: Array, like: Array | None = None) -> Array:
                 f"{getattr(xp, '__name__', xp)}: expected arrays of one library (NumPy arrays and "
                 "Python lists mix with any)."
             )
-        return x
+        standardize = getattr(xp, "standardize", None)  # kldiv's shims: variables become tensors
+        return x if standardize is None else standardize(x)
     if like is not None:
         device = device_of(like)
         if device is not None:

@@ -18,7 +18,9 @@ Two families, chosen by the spelling of the reduction (the names are in :class:`
   ``keras.src.losses.loss.reduce_weighted_values``: ``squeeze_or_expand_to_same_rank(L, w)`` (which
   may also expand ``L``), then ``w * L``; ``"mean"`` divides by ``size(w * L)``,
   ``"mean_with_sample_weight"`` by ``sum(w)`` (``w`` after the rank fix-up, before broadcasting),
-  both with ``divide_no_nan``; ``None`` is ``"none"``. Keras 3 returns an empty loss unreduced;
+  both with ``divide_no_nan``; ``None`` is ``"none"``. A rank-0 ``w * L`` is returned as is (so
+  ``"mean_with_sample_weight"`` does not divide it by ``w``, as in Keras 3). Keras 3 returns an
+  empty loss unreduced;
   kldiv returns 0 for every reduction but ``none`` (a scalar, as the contract promises).
 
 * **Distillation** (``"batchmean"``, ``"token_mean"``), with the tf_keras weight rules:
@@ -29,7 +31,8 @@ Two families, chosen by the spelling of the reduction (the names are in :class:`
 
 A ``mask`` turns the mean reductions into means over the unmasked positions (Keras' masked mean);
 ``num_items`` replaces the denominator of every mean reduction by a caller-provided global count.
-Shapes are static Python integers, so every rule here is decided without touching the data.
+Shapes are static Python integers, so every rule here is decided without touching the data; an
+unknown dimension (``None``, TensorFlow graph mode) makes the element count a device value.
 """
 
 from __future__ import annotations
@@ -65,9 +68,17 @@ def _divide_no_nan(xp: Namespace, numerator: Array, denominator: Array) -> Array
     return xp.where(zero, xp.zeros_like(numerator), numerator / safe)
 
 
-def _count(xp: Namespace, mask: Array | None, shape: tuple[int, ...], dtype: Any) -> Array | int:
-    """Number of unmasked positions of a loss of ``shape`` (its size when there is no mask)."""
+def _count(
+    xp: Namespace, mask: Array | None, weighted: Array, shape: tuple[int | None, ...], dtype: Any
+) -> Array | int:
+    """Number of unmasked positions of ``weighted`` (its size when there is no mask).
+
+    A static Python integer when the shape is known; counted on the device (``sum(ones)``) when a
+    dimension is unknown (``None``, TensorFlow graph mode).
+    """
     if mask is None:
+        if None in shape:
+            return xp.sum(xp.astype(xp.ones_like(weighted), dtype))
         return math.prod(shape)
     return xp.sum(xp.astype(xp.broadcast_to(mask, shape), dtype))
 
@@ -118,13 +129,16 @@ def reduce_weighted(
     shape = tuple(weighted.shape)
     if reduction == "batchmean":
         return total / (shape[0] if shape else 1)
+    if reduction == "mean_with_sample_weight" and sample_weight is not None and shape == ():
+        # Keras 3's reduce_values returns a rank-0 loss unreduced: w·L, not divided by w.
+        return total
     if reduction == "mean_with_sample_weight" and sample_weight is not None:
         if mask is not None:
             sample_weight = xp.where(
                 xp.broadcast_to(mask, shape), sample_weight, xp.zeros_like(sample_weight)
             )
         return _divide_no_nan(xp, total, xp.sum(sample_weight))
-    count = _count(xp, mask, shape, total.dtype)
+    count = _count(xp, mask, weighted, shape, total.dtype)
     if isinstance(count, int):
         return total if count == 0 else total / count
     return _divide_no_nan(xp, total, count)

@@ -14,13 +14,20 @@ Array = Any
 Namespace = Any
 
 
-def broadcast_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...] | None:
-    """NumPy broadcasting of two shapes, or ``None`` where they do not broadcast."""
+def broadcast_shape(a: Sequence[int | None], b: Sequence[int | None]) -> tuple[int | None, ...] | None:
+    """NumPy broadcasting of two shapes, or ``None`` where they do not broadcast.
+
+    A dimension may be ``None`` (unknown, as in TensorFlow graph mode): it is taken to be compatible
+    with any size, and the broadcast dimension is unknown too.
+    """
     a, b = tuple(a), tuple(b)
     a = (1,) * (len(b) - len(a)) + a
     b = (1,) * (len(a) - len(b)) + b
     result = []
     for x, y in zip(a, b, strict=True):
+        if x is None or y is None:
+            result.append(None)
+            continue
         if x != y and 1 not in (x, y):
             return None
         result.append(y if x == 1 else x)
