@@ -1,0 +1,179 @@
+"""kldiv for PyTorch: ``nn.Module`` losses and functional forms over kldiv's core.
+
+``KLDivergence`` / ``JSDivergence`` are ``torch.nn.Module`` wrappers of :class:`kldiv.KLDivergence` /
+:class:`kldiv.JSDivergence` (same options, same defaults, same reductions); ``kl_divergence`` /
+``js_divergence`` are their functional forms. Tensors stay on their device (CPU, CUDA, MPS, ...);
+NumPy or list targets are moved to ``y_pred``'s device. Autograd flows to ``y_pred`` (and to
+``y_true`` when it requires a gradient)::
+
+    import kldiv.torch
+
+    loss_fn = kldiv.torch.KLDivergence(reduction="batchmean", from_logits=True, y_true_format="logits",
+                                       temperature=2.0, scale_by_temperature_squared=True)
+    loss = loss_fn(teacher_logits, student_logits)   # (y_true, y_pred) = KL(teacher ‖ student)
+    loss.backward()
+
+Two PyTorch-specific rules (decided per call, nothing is probed at import):
+
+* ``torch.compile``: while Dynamo traces, ``backend="auto"`` means the core (a graph of plain torch
+  ops that Inductor fuses; no graph break), not the Numba kernel, which Dynamo cannot trace.
+* ``torch.autocast``: with autocast enabled for ``y_pred``'s device and ``dtype=None``, the loss is
+  computed and returned in float32, as PyTorch's own losses are autocast to float32 (``kl_div`` is on
+  CUDA autocast's float32 list). Outside autocast, float16 / bfloat16 inputs accumulate in float32
+  and return their own dtype (kldiv's rule).
+
+Data parallel (DDP): the loss holds no parameters and no state. Ranks whose batches count different
+numbers of items (masked tokens) pass a mean reduction ``num_items = global_count / world_size``
+(``global_count`` from an ``all_reduce`` of the local counts): DDP *averages* the ranks' gradients,
+and the result is exactly the gradient of the mean over the whole batch on one process.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from kldiv import losses as _losses
+
+__all__ = ["JSDivergence", "KLDivergence", "js_divergence", "kl_divergence"]
+
+Tensor = Any
+
+
+def _call_state(y_pred: Tensor) -> tuple[bool, bool]:
+    """(Dynamo is tracing, autocast is enabled for ``y_pred``'s device)."""
+    device_type = y_pred.device.type if isinstance(y_pred, torch.Tensor) else "cpu"
+    return torch.compiler.is_compiling(), torch.is_autocast_enabled(device_type)
+
+
+def _overrides(options: dict[str, Any], compiling: bool, autocast: bool) -> dict[str, Any]:
+    """The per-call option overrides of the module docstring."""
+    overrides = {}
+    if compiling and options.get("backend", "auto") == "auto":
+        overrides["backend"] = "core"
+    if autocast and options.get("dtype") is None:
+        overrides["dtype"] = "float32"
+    return overrides
+
+
+class _TorchDivergence(torch.nn.Module):
+    """An ``nn.Module`` whose ``forward`` is a framework-agnostic kldiv loss object's ``__call__``."""
+
+    _agnostic: ClassVar[type[_losses._DivergenceLoss]]
+    _default_name: ClassVar[str]
+
+    def __init__(self, reduction: str | None = "auto", name: str | None = None, **options: Any) -> None:
+        super().__init__()
+        self.loss = self._agnostic(reduction=reduction, name=name or self._default_name, **options)
+        # The loss under each combination of the per-call overrides, built here so that nothing
+        # is constructed while torch.compile traces.
+        config = self.loss.get_config()
+        self._variants: dict[tuple[bool, bool], _losses._DivergenceLoss] = {}
+        for state in ((False, False), (False, True), (True, False), (True, True)):
+            overrides = _overrides(config, *state)
+            self._variants[state] = (
+                self._agnostic.from_config({**config, **overrides}) if overrides else self.loss
+            )
+
+    @property
+    def options(self) -> Any:
+        """The validated :class:`kldiv.Options`."""
+        return self.loss.options
+
+    @property
+    def reduction(self) -> str | None:
+        return self.loss.reduction
+
+    def forward(
+        self,
+        y_true: Tensor,
+        y_pred: Tensor,
+        sample_weight: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        num_items: Any = None,
+    ) -> Tensor:
+        """The weighted, reduced loss (see :meth:`kldiv.KLDivergence.__call__`)."""
+        return self._variants[_call_state(y_pred)](
+            y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        """``reduction``, ``name`` and every option; ``from_config`` rebuilds an equal module."""
+        return self.loss.get_config()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Any:
+        return cls(**config)
+
+    def extra_repr(self) -> str:
+        defaults = self._agnostic().get_config()
+        changed = {k: v for k, v in self.get_config().items() if defaults.get(k, object()) != v}
+        return ", ".join(f"{key}={value!r}" for key, value in changed.items())
+
+
+class KLDivergence(_TorchDivergence):
+    """Kullback–Leibler divergence KL(y_true ‖ y_pred) as a ``torch.nn.Module``.
+
+    ``forward(y_true, y_pred, sample_weight=None, *, mask=None, labels=None, num_items=None)``;
+    options and reductions as :class:`kldiv.KLDivergence` (``"batchmean"`` is PyTorch's
+    ``F.kl_div(reduction="batchmean")``: per sample of the leading axis).
+
+    Example:
+        >>> import torch, kldiv.torch
+        >>> loss = kldiv.torch.KLDivergence(reduction="sum")
+        >>> print(f"{loss(torch.tensor([[0., 1.]]), torch.tensor([[0.6, 0.4]])).item():.4f}")
+        0.9163
+    """
+
+    _agnostic = _losses.KLDivergence
+    _default_name = "kl_divergence"
+
+
+class JSDivergence(_TorchDivergence):
+    """Generalized Jensen–Shannon divergence ``JS_β(y_true, y_pred)`` as a ``torch.nn.Module``.
+
+    Options as :class:`kldiv.JSDivergence` (``beta=0.5`` by default); ``forward`` as :class:`KLDivergence`.
+    """
+
+    _agnostic = _losses.JSDivergence
+    _default_name = "js_divergence"
+
+
+def kl_divergence(
+    y_true: Tensor,
+    y_pred: Tensor,
+    sample_weight: Tensor | None = None,
+    *,
+    reduction: str | None = "none",
+    mask: Tensor | None = None,
+    labels: Tensor | None = None,
+    num_items: Any = None,
+    **options: Any,
+) -> Tensor:
+    """Functional :class:`KLDivergence`; with the default ``reduction="none"`` and no weight it is
+    the per-sample loss of :func:`kldiv.kl_divergence` (same options)."""
+    loss = _losses.KLDivergence(
+        reduction=reduction, **{**options, **_overrides(options, *_call_state(y_pred))}
+    )
+    return loss(y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items)
+
+
+def js_divergence(
+    y_true: Tensor,
+    y_pred: Tensor,
+    sample_weight: Tensor | None = None,
+    *,
+    reduction: str | None = "none",
+    mask: Tensor | None = None,
+    labels: Tensor | None = None,
+    num_items: Any = None,
+    **options: Any,
+) -> Tensor:
+    """Functional :class:`JSDivergence` (per-sample by default, like :func:`kldiv.js_divergence`)."""
+    loss = _losses.JSDivergence(
+        reduction=reduction, **{**options, **_overrides(options, *_call_state(y_pred))}
+    )
+    return loss(y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items)
