@@ -31,6 +31,7 @@ def run_worker(script: str, **env: str) -> dict[str, Any]:
     completed = subprocess.run(
         [sys.executable, str(HERE / script)],
         env={
+            "OMP_NUM_THREADS": "1",  # tiny problems: no OpenMP thread pool spinning on a shared CI box
             **os.environ,
             "TF_CPP_MIN_LOG_LEVEL": "3",
             "PYTHONPATH": os.pathsep.join(p for p in (source_root, os.environ.get("PYTHONPATH")) if p),

@@ -266,7 +266,11 @@ def test_ddp_gloo_two_ranks_equal_one_big_batch() -> None:
     script = Path(__file__).with_name("ddp_worker.py")
     completed = subprocess.run(
         [sys.executable, str(script)],
-        env={**os.environ, "PYTHONPATH": str(Path(kldiv.__file__).resolve().parents[1])},
+        env={
+            "OMP_NUM_THREADS": "1",
+            **os.environ,
+            "PYTHONPATH": str(Path(kldiv.__file__).resolve().parents[1]),
+        },
         capture_output=True,
         text=True,
         timeout=240,
