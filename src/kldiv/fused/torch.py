@@ -1,0 +1,528 @@
+r"""Chunked and fused-linear divergences for PyTorch, with memory bounded by a chunk.
+
+The naive program these functions equal (``y_true`` = teacher, ``y_pred`` = student)::
+
+    student_logits = student_hidden @ student_weight.T + student_bias      # [BT, V]  (never formed)
+    teacher_logits = teacher_hidden @ teacher_weight.T + teacher_bias      # or given, or sparse top-k
+    per_token = kldiv.kl_divergence(teacher_logits, student_logits,
+                                    y_true_format="logits", from_logits=True, **options)
+    loss = reduce(per_token)                                               # "token_mean", "sum", ...
+
+Forward walks the tokens in chunks of ``c`` rows (:func:`kldiv.core.chunking.rows_per_chunk`, from a
+memory budget or ``chunk_size``). For each chunk it forms the chunk's logits, computes the per-token
+divergence with kldiv's core and its gradient w.r.t. the chunk's logits ``g`` (autograd on the chunk,
+so every option of the core is available and no formula is re-typed), and accumulates the gradients
+of the parameters right away::
+
+    grad_hidden[chunk] = g @ weight            grad_weight += g.T @ hidden[chunk]      grad_bias += g.sum(0)
+
+so that peak extra memory is one chunk of logits and its temporaries plus the gradients themselves.
+Backward multiplies the stored gradients by the upstream scalar. With ``reduction="none"`` the
+per-token gradient factors are only known in backward, which then recomputes the chunks.
+
+float16 / bfloat16 inputs: the divergence is computed in float32 (kldiv's rule), the parameter
+gradients are accumulated in float32 and returned in the parameters' dtype.
+
+Sparse teacher (top-k): ``teacher_topk_indices [BT, k]`` with ``teacher_topk_values`` given as
+``"log_probs"`` (their missing mass ``1 − Σ exp`` is the teacher's *tail bucket*, compared with the
+student's probability mass outside the top-k: the divergence of the two distributions coarsened to
+``k + 1`` outcomes, a lower bound of the full divergence and equal to it when ``k = V``) or as
+``"logits"`` (renormalised over the k entries; the student is then restricted and renormalised to
+the same k entries, the convention of top-k distillation in the literature).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import losses as _losses
+from ..core import chunking
+
+__all__ = [
+    "FusedLinearJSDivergence",
+    "FusedLinearKLDivergence",
+    "chunked_js_divergence",
+    "chunked_kl_divergence",
+]
+
+REDUCTIONS = ("token_mean", "mean", "sum_over_batch_size", "auto", "sum", "batchmean", "none")
+TOPK_FORMATS = ("log_probs", "logits")
+
+
+@dataclass(frozen=True)
+class _Config:
+    options: dict[str, Any]  # options of kldiv.kl_divergence / js_divergence (beta selects JS)
+    reduction: str
+    rows_per_chunk: int
+    topk_format: str
+    use_kernel: bool  # the fused Numba kernel computes each chunk (CPU, float32/64, dense teacher)
+
+
+@dataclass
+class _Inputs:
+    """What the chunks read: the student's logits source and one teacher form (the rest None)."""
+
+    student_hidden: torch.Tensor | None
+    student_weight: torch.Tensor | None
+    student_bias: torch.Tensor | None
+    student_logits: torch.Tensor | None
+    teacher_logits: torch.Tensor | None
+    teacher_hidden: torch.Tensor | None
+    teacher_weight: torch.Tensor | None
+    teacher_bias: torch.Tensor | None
+    topk_indices: torch.Tensor | None
+    topk_values: torch.Tensor | None
+
+
+def _linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.nn.functional.linear(hidden, weight, bias)
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 → float32 (kldiv's accumulation rule); float32 / float64 unchanged."""
+    return x.float() if x.element_size() < 4 else x
+
+
+def _sparse_log_probs(
+    student_logits: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, topk_format: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher and student as distributions over the top-k entries (+ the tail bucket)."""
+    student_logits, values = _wide(student_logits), _wide(values)
+    student = torch.log_softmax(student_logits, dim=-1)
+    if topk_format == "logits":
+        restricted = torch.gather(student_logits, -1, indices)
+        return torch.log_softmax(values, dim=-1), torch.log_softmax(restricted, dim=-1)
+    teacher_top = values
+    student_top = torch.gather(student, -1, indices)
+    if indices.shape[-1] == student_logits.shape[-1]:
+        return teacher_top, student_top  # k = V: no tail (its rounding residue is not a bucket)
+    mass = torch.exp(teacher_top).sum(-1, keepdim=True).clamp(max=1.0)
+    teacher_tail = torch.log1p(-mass)
+    student_tail = torch.logsumexp(student.scatter(-1, indices, -math.inf), dim=-1, keepdim=True)
+    return torch.cat([teacher_top, teacher_tail], -1), torch.cat([student_top, student_tail], -1)
+
+
+def _chunk_values(config: _Config, teacher: torch.Tensor, student: torch.Tensor, sparse: Any) -> torch.Tensor:
+    """Per-token divergence of one chunk (the core's formula, autograd-able)."""
+    options = dict(config.options)
+    if sparse is not None:
+        teacher, student = _sparse_log_probs(student, *sparse, config.topk_format)
+        options.update(y_true_format="log_probs", y_pred_format="log_probs", temperature=1.0)
+    else:
+        options.update(y_true_format="logits", y_pred_format="logits")
+    function = _losses.js_divergence if options.get("beta") is not None else _losses.kl_divergence
+    if options.get("beta") is None:
+        options.pop("beta", None)
+    return function(_wide(teacher), _wide(student), backend="core", **options)
+
+
+def _run(
+    config: _Config,
+    inputs: _Inputs,
+    coef: torch.Tensor,
+    keep: torch.Tensor,
+    want: dict[str, bool],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """All chunks: per-token values ``[BT]`` (0 where masked) and the requested gradients of
+    ``Σ coef · values`` w.r.t. the inputs named in ``want``."""
+    rows = coef.shape[0]
+    values = torch.zeros(rows, dtype=coef.dtype, device=coef.device)
+    grads: dict[str, torch.Tensor] = {}
+    for name, tensor in vars(inputs).items():
+        if want.get(name):
+            # Parameter gradients accumulate in float32; row gradients are written per chunk.
+            grads[name] = torch.zeros(tensor.shape, dtype=coef.dtype, device=tensor.device)
+    for start, stop in chunking.chunks(rows, config.rows_per_chunk):
+        _run_chunk(config, inputs, coef, keep, want, values, grads, start, stop)
+    return values, grads
+
+
+def _student_logits(inputs: _Inputs, chunk: slice) -> torch.Tensor:
+    if inputs.student_logits is not None:
+        return inputs.student_logits[chunk]
+    return _linear(inputs.student_hidden[chunk], inputs.student_weight, inputs.student_bias)
+
+
+def _teacher_logits(inputs: _Inputs, chunk: slice) -> torch.Tensor:
+    if inputs.teacher_logits is not None:
+        return inputs.teacher_logits[chunk]
+    return _linear(inputs.teacher_hidden[chunk], inputs.teacher_weight, inputs.teacher_bias)
+
+
+def _chunk_by_kernel(config, inputs, coef, keep, want, chunk):
+    """Value and ∂/∂student-logits of one chunk from the fused Numba kernel (CPU, one pass)."""
+    from ..kernels.numba_cpu import fused_rows
+
+    student = _student_logits(inputs, chunk).detach().contiguous()
+    teacher = _teacher_logits(inputs, chunk).detach().contiguous()
+    options = config.options
+    values, grad = fused_rows(
+        teacher.numpy(),
+        student.numpy(),
+        coef[chunk].double().numpy(),
+        keep[chunk].numpy(),
+        true_format="logits",
+        pred_format="logits",
+        direction=options.get("direction", "forward"),
+        beta=options.get("beta"),
+        epsilon=options["epsilon"],
+        temperature=options["temperature"],
+        want_grad=any(want.values()),
+    )
+    gradients = {} if grad is None else {"student": torch.from_numpy(grad)}
+    return torch.from_numpy(values), gradients
+
+
+def _chunk_by_autograd(config, inputs, coef, keep, want, chunk):
+    """Value and gradients of one chunk by autograd through kldiv's core (any device, every option)."""
+    teacher_wants = any(
+        want.get(n) for n in ("teacher_logits", "teacher_hidden", "teacher_weight", "teacher_bias")
+    )
+    with torch.enable_grad():
+        student = _student_logits(inputs, chunk).detach().requires_grad_(True)
+        leaves = {"student": student}
+        sparse, teacher = None, None
+        if inputs.topk_indices is not None:
+            sparse = (inputs.topk_indices[chunk], inputs.topk_values[chunk])
+        else:
+            teacher = _teacher_logits(inputs, chunk).detach().requires_grad_(teacher_wants)
+            if teacher_wants:
+                leaves["teacher"] = teacher
+        per_token = _chunk_values(config, teacher, student, sparse)
+        per_token = torch.where(keep[chunk], per_token, torch.zeros_like(per_token))
+        if not any(want.values()):
+            return per_token.detach(), {}
+        gradients = torch.autograd.grad((per_token * coef[chunk]).sum(), list(leaves.values()))
+    return per_token.detach(), dict(zip(leaves, gradients, strict=True))
+
+
+def _run_chunk(config, inputs, coef, keep, want, values, grads, start, stop) -> None:
+    chunk = slice(start, stop)
+    compute = _chunk_by_kernel if config.use_kernel else _chunk_by_autograd
+    per_token, gradients = compute(config, inputs, coef, keep, want, chunk)
+    values[chunk] = per_token.to(values.dtype)
+    for side, g in gradients.items():
+        g = g.to(coef.dtype)
+        if want.get(f"{side}_logits"):
+            grads[f"{side}_logits"][chunk] = g
+        hidden = getattr(inputs, f"{side}_hidden")
+        weight = getattr(inputs, f"{side}_weight")
+        if want.get(f"{side}_hidden"):
+            grads[f"{side}_hidden"][chunk] = g @ weight.to(g.dtype)
+        if want.get(f"{side}_weight"):
+            grads[f"{side}_weight"].addmm_(g.T, hidden[chunk].to(g.dtype))
+        if want.get(f"{side}_bias"):
+            grads[f"{side}_bias"] += g.sum(0)
+
+
+_NAMES = tuple(_Inputs.__dataclass_fields__)
+
+
+class _FusedFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, config, coef, keep, *tensors):
+        inputs = _Inputs(*tensors)
+        want = {n: bool(ctx.needs_input_grad[3 + i]) for i, n in enumerate(_NAMES)}
+        ctx.config, ctx.inputs, ctx.coef, ctx.keep, ctx.want = config, inputs, coef, keep, want
+        scalar = config.reduction != "none"
+        values, grads = _run(config, inputs, coef, keep, want if scalar else {})
+        ctx.grads = grads
+        if not scalar:
+            return values * coef  # per token: mask, weight and T² applied
+        return (values * coef).sum()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        inputs, want = ctx.inputs, ctx.want
+        if ctx.config.reduction == "none":
+            _, grads = _run(ctx.config, inputs, ctx.coef * grad_output.to(ctx.coef.dtype), ctx.keep, want)
+        else:
+            grads = ctx.grads
+            if not bool(grad_output == 1):
+                grads = {name: g * grad_output.to(g.dtype) for name, g in grads.items()}
+        out = []
+        for name in _NAMES:
+            tensor = getattr(inputs, name)
+            out.append(grads[name].to(tensor.dtype) if name in grads else None)
+        return (None, None, None, *out)
+
+
+def _coefficients(
+    reduction: str,
+    rows: int,
+    device: torch.device,
+    keep: torch.Tensor,
+    sample_weight: Any,
+    num_items: Any,
+    batch_size: int,
+    squared_temperature: float,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``∂ loss / ∂ per-token value`` for a reduction (1 per token for ``"none"``), in ``dtype``
+    (float64 for float64 inputs, else float32: the accumulation dtype)."""
+    coef = keep.to(dtype)
+    if sample_weight is not None:
+        weight = torch.as_tensor(sample_weight, dtype=dtype, device=device)
+        coef = coef * weight.reshape(-1).expand(rows)
+    coef = coef * squared_temperature
+    if reduction in ("none", "sum"):
+        return coef
+    if num_items is not None:
+        return coef / torch.as_tensor(num_items, dtype=dtype, device=device)
+    if reduction == "batchmean":
+        return coef / batch_size
+    count = keep.sum().to(dtype)
+    return torch.where(count > 0, coef / count.clamp(min=1), torch.zeros_like(coef))
+
+
+def _kernel_serves(inputs: _Inputs, dtype: torch.dtype, device: torch.device, options: dict) -> bool:
+    """The Numba kernel computes the chunks: CPU float32/64, a dense teacher that needs no gradient,
+    not while Dynamo traces, Numba installed (else autograd through the core)."""
+    from ..kernels import dispatch
+
+    teacher = (inputs.teacher_logits, inputs.teacher_hidden, inputs.teacher_weight, inputs.teacher_bias)
+    return (
+        device.type == "cpu"
+        and dtype in (torch.float32, torch.float64)
+        and inputs.topk_indices is None
+        and not any(t is not None and t.requires_grad for t in teacher)
+        and options.get("beta") not in (0.0, 1.0)
+        and not torch.compiler.is_compiling()
+        and dispatch.numba_installed()
+    )
+
+
+class _Divergence(torch.nn.Module):
+    _JS = False
+
+    def __init__(
+        self,
+        reduction: str = "token_mean",
+        *,
+        beta: float | None = None,
+        direction: str = "forward",
+        epsilon: float = 0.0,
+        temperature: float = 1.0,
+        scale_by_temperature_squared: bool = False,
+        ignore_index: int = -100,
+        chunk_size: int | None = None,
+        memory_budget: int = chunking.DEFAULT_MEMORY_BUDGET,
+        teacher_topk_format: str = "log_probs",
+    ) -> None:
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"Argument `reduction`: expected one of {REDUCTIONS}; received {reduction!r}.")
+        if teacher_topk_format not in TOPK_FORMATS:
+            raise ValueError(
+                f"Argument `teacher_topk_format`: expected one of {TOPK_FORMATS}; "
+                f"received {teacher_topk_format!r}."
+            )
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(
+                f"Argument `chunk_size`: expected a positive integer or None; received {chunk_size!r}."
+            )
+        options = {"epsilon": epsilon, "temperature": temperature, "ignore_index": ignore_index}
+        if self._JS:
+            options["beta"] = 0.5 if beta is None else beta
+        else:
+            options["direction"] = direction
+        # Validate once through kldiv's own option checks (same messages as kldiv.KLDivergence).
+        _losses.Options.create(
+            **{k: v for k, v in options.items() if k != "ignore_index"}, ignore_index=ignore_index
+        )
+        self.reduction = reduction
+        self.options = options
+        self.scale_by_temperature_squared = scale_by_temperature_squared
+        self.chunk_size = chunk_size
+        self.memory_budget = memory_budget
+        self.teacher_topk_format = teacher_topk_format
+
+    def _apply(
+        self,
+        rows,
+        vocab,
+        dtype,
+        device,
+        inputs: _Inputs,
+        labels,
+        mask,
+        sample_weight,
+        num_items,
+        batch_size,
+    ):
+        keep = torch.ones(rows, dtype=torch.bool, device=device)
+        if labels is not None:
+            keep = keep & (labels.reshape(-1) != self.options["ignore_index"])
+        if mask is not None:
+            keep = keep & mask.reshape(-1).to(torch.bool)
+        if keep.shape[0] != rows:
+            raise ValueError(
+                f"Arguments `labels` / `mask`: expected {rows} tokens; received {keep.shape[0]}."
+            )
+        squared_t = self.options["temperature"] ** 2 if self.scale_by_temperature_squared else 1.0
+        accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+        coef = _coefficients(
+            self.reduction, rows, device, keep, sample_weight, num_items, batch_size, squared_t, accumulate
+        )
+        use_kernel = _kernel_serves(inputs, dtype, device, self.options)
+        config = _Config(
+            options=self.options,
+            reduction=self.reduction,
+            rows_per_chunk=chunking.rows_per_chunk(
+                rows,
+                vocab,
+                memory_budget=self.memory_budget,
+                chunk_size=self.chunk_size,
+                bytes_per_element=max(4, torch.finfo(dtype).bits // 8),
+                temporaries=chunking.KERNEL_TEMPORARIES if use_kernel else chunking.AUTOGRAD_TEMPORARIES,
+            ),
+            topk_format=self.teacher_topk_format,
+            use_kernel=use_kernel,
+        )
+        return _FusedFunction.apply(config, coef, keep, *(getattr(inputs, n) for n in _NAMES))
+
+
+class FusedLinearKLDivergence(_Divergence):
+    """KL divergence of the teacher and ``student_hidden @ student_weight.T (+ bias)``, without the
+    ``tokens × vocab`` student logits (see the module docstring for the program it equals).
+
+    Args:
+        reduction: ``"token_mean"`` (default; = ``"mean"``, ``"sum_over_batch_size"``, ``"auto"``:
+            sum over unmasked tokens / their count), ``"sum"``, ``"batchmean"`` (sum / batch size:
+            the leading axis of 3-D hidden states) or ``"none"`` (per-token values).
+        direction, epsilon, temperature, scale_by_temperature_squared, ignore_index: as
+            :class:`kldiv.KLDivergence` (``epsilon`` defaults to 0, exact mode).
+        chunk_size: tokens per chunk; default from ``memory_budget`` bytes of chunk temporaries.
+        teacher_topk_format: ``"log_probs"`` or ``"logits"`` for a sparse teacher.
+
+    Call ``loss(student_hidden, student_weight, student_bias=None, *, teacher_logits=... |
+    teacher_hidden=..., teacher_weight=..., teacher_bias=... | teacher_topk_indices=...,
+    teacher_topk_values=..., labels=None, mask=None, sample_weight=None, num_items=None)``.
+    Hidden states are ``[BT, H]`` or ``[B, T, H]``; gradients reach the student's hidden states,
+    weight and bias, and the teacher's tensors when they require a gradient.
+    """
+
+    def forward(
+        self,
+        student_hidden: torch.Tensor,
+        student_weight: torch.Tensor,
+        student_bias: torch.Tensor | None = None,
+        *,
+        teacher_logits: torch.Tensor | None = None,
+        teacher_hidden: torch.Tensor | None = None,
+        teacher_weight: torch.Tensor | None = None,
+        teacher_bias: torch.Tensor | None = None,
+        teacher_topk_indices: torch.Tensor | None = None,
+        teacher_topk_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        sample_weight: Any = None,
+        num_items: Any = None,
+    ) -> torch.Tensor:
+        batch_size = student_hidden.shape[0]
+        hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
+        rows, vocab = hidden.shape[0], student_weight.shape[0]
+        forms = [teacher_logits is not None, teacher_hidden is not None, teacher_topk_indices is not None]
+        if sum(forms) != 1:
+            raise ValueError(
+                "Arguments `teacher_logits` / `teacher_hidden` / `teacher_topk_indices`: expected exactly "
+                f"one teacher form; received {sum(forms)}."
+            )
+        if student_weight.shape[-1] != hidden.shape[-1]:
+            raise ValueError(
+                f"Argument `student_weight`: expected shape [V, {hidden.shape[-1]}] to match the hidden "
+                f"size; received {tuple(student_weight.shape)}."
+            )
+        inputs = _Inputs(hidden, student_weight, student_bias, None, None, None, None, None, None, None)
+        if teacher_logits is not None:
+            inputs.teacher_logits = teacher_logits.reshape(rows, -1)
+            if inputs.teacher_logits.shape[-1] != vocab:
+                raise ValueError(
+                    f"Argument `teacher_logits`: expected shape [{rows}, {vocab}]; received "
+                    f"{tuple(teacher_logits.shape)}."
+                )
+        elif teacher_hidden is not None:
+            if teacher_weight is None:
+                raise ValueError(
+                    "Argument `teacher_weight`: expected a [V, H_teacher] tensor with `teacher_hidden`; "
+                    "received None."
+                )
+            inputs.teacher_hidden = teacher_hidden.reshape(rows, -1)
+            inputs.teacher_weight, inputs.teacher_bias = teacher_weight, teacher_bias
+        else:
+            if teacher_topk_values is None:
+                raise ValueError(
+                    "Argument `teacher_topk_values`: expected a [BT, k] tensor with "
+                    "`teacher_topk_indices`; received None."
+                )
+            inputs.topk_indices = teacher_topk_indices.reshape(rows, -1)
+            inputs.topk_values = teacher_topk_values.reshape(rows, -1)
+        return self._apply(
+            rows,
+            vocab,
+            hidden.dtype,
+            hidden.device,
+            inputs,
+            labels,
+            mask,
+            sample_weight,
+            num_items,
+            batch_size,
+        )
+
+
+class FusedLinearJSDivergence(FusedLinearKLDivergence):
+    """:class:`FusedLinearKLDivergence` for the generalized Jensen–Shannon divergence ``JS_β``
+    (``beta`` as :func:`kldiv.js_divergence`, default 0.5)."""
+
+    _JS = True
+
+
+def _chunked(module_type, teacher_logits, student_logits, **kwargs) -> torch.Tensor:
+    call_keys = ("labels", "mask", "sample_weight", "num_items")
+    call = {k: kwargs.pop(k) for k in call_keys if k in kwargs}
+    module = module_type(**kwargs)
+    batch_size = student_logits.shape[0]
+    logits = student_logits.reshape(-1, student_logits.shape[-1])
+    rows, vocab = logits.shape
+    if tuple(teacher_logits.shape) != tuple(student_logits.shape):
+        raise ValueError(
+            f"Arguments `teacher_logits` and `student_logits`: expected equal shapes; received "
+            f"{tuple(teacher_logits.shape)} and {tuple(student_logits.shape)}."
+        )
+    inputs = _Inputs(
+        None, None, None, logits, teacher_logits.reshape(rows, vocab), None, None, None, None, None
+    )
+    return module._apply(
+        rows,
+        vocab,
+        logits.dtype,
+        logits.device,
+        inputs,
+        call.get("labels"),
+        call.get("mask"),
+        call.get("sample_weight"),
+        call.get("num_items"),
+        batch_size,
+    )
+
+
+def chunked_kl_divergence(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, **kwargs: Any
+) -> torch.Tensor:
+    """KL divergence of logits ``[..., V]`` computed chunk by chunk over tokens: forward and backward
+    never hold more than a chunk of temporaries besides the gradient itself. Keyword arguments as
+    :class:`FusedLinearKLDivergence` plus ``labels``, ``mask``, ``sample_weight``, ``num_items``;
+    gradients reach both logits (the teacher's when it requires one)."""
+    return _chunked(FusedLinearKLDivergence, teacher_logits, student_logits, **kwargs)
+
+
+def chunked_js_divergence(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, **kwargs: Any
+) -> torch.Tensor:
+    """:func:`chunked_kl_divergence` for ``JS_β``."""
+    return _chunked(FusedLinearJSDivergence, teacher_logits, student_logits, **kwargs)
