@@ -1,8 +1,8 @@
 """Entry point of the ``kldiv`` command (``kldiv = "kldiv.cli.main:main"``).
 
 Every error, argparse's included, is reported as one line ``kldiv: error: <message>`` on stderr
-with exit status 2. Subcommands (such as a future ``kldiv bench``) would dispatch in :func:`main`
-on ``argv[0]`` before the default command :func:`divergence_command`.
+with exit status 2. Subcommands dispatch in :func:`main` on ``argv[0]`` before the default command
+:func:`divergence_command`: ``kldiv bench`` (:mod:`kldiv.cli.bench`, imported only then).
 """
 
 from __future__ import annotations
@@ -20,6 +20,13 @@ EXIT_ERROR = 2
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``kldiv`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["bench"]:
+        from .bench import bench_command
+
+        try:
+            return bench_command(args[1:])
+        except (ValueError, TypeError, OSError) as exc:
+            return fail(exc)
     return divergence_command(args)
 
 
