@@ -1,0 +1,233 @@
+r"""Chunked and fused-linear divergences for JAX: ``lax.scan`` over token chunks, each chunk under
+``jax.checkpoint``, so that neither the forward nor the backward pass holds more than one chunk of
+``tokens × vocab`` logits. The naive program is the one of :mod:`kldiv.fused.torch`::
+
+    per_token = kldiv.kl_divergence(teacher_logits, student_hidden @ student_weight.T + bias,
+                                    y_true_format="logits", from_logits=True, **options)
+    loss = reduce(per_token)         # "token_mean" (default), "sum", "batchmean"
+
+Each chunk's divergence is kldiv's core on JAX arrays (the same formula as every other backend);
+``jax.grad`` differentiates the scan, recomputing a chunk's logits in the backward pass instead of
+storing them. Works under ``jit``; gradients reach the student's hidden states, weight and bias,
+and the teacher's hidden states / weight when they are differentiated too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .. import losses as _losses
+from ..core import chunking
+
+__all__ = ["fused_linear_js_divergence", "fused_linear_kl_divergence"]
+
+REDUCTIONS = ("token_mean", "mean", "sum_over_batch_size", "auto", "sum", "batchmean")
+
+
+def _sparse_log_probs(student_logits, indices, values, topk_format):
+    """Teacher and student over the top-k entries plus the tail bucket (see kldiv.fused.torch)."""
+    student = jax.nn.log_softmax(student_logits, axis=-1)
+    if topk_format == "logits":
+        restricted = jnp.take_along_axis(student_logits, indices, axis=-1)
+        return jax.nn.log_softmax(values, axis=-1), jax.nn.log_softmax(restricted, axis=-1)
+    student_top = jnp.take_along_axis(student, indices, axis=-1)
+    if indices.shape[-1] == student_logits.shape[-1]:
+        return values, student_top
+    mass = jnp.minimum(jnp.exp(values).sum(-1, keepdims=True), 1.0)
+    rows = jnp.arange(student.shape[0])[:, None]
+    student_tail = jax.nn.logsumexp(student.at[rows, indices].set(-jnp.inf), axis=-1, keepdims=True)
+    return (
+        jnp.concatenate([values, jnp.log1p(-mass)], -1),
+        jnp.concatenate([student_top, student_tail], -1),
+    )
+
+
+def _fused(
+    js: bool,
+    student_hidden: jax.Array,
+    student_weight: jax.Array,
+    student_bias: jax.Array | None,
+    *,
+    teacher_logits: jax.Array | None,
+    teacher_hidden: jax.Array | None,
+    teacher_weight: jax.Array | None,
+    teacher_bias: jax.Array | None,
+    teacher_topk_indices: jax.Array | None,
+    teacher_topk_values: jax.Array | None,
+    teacher_topk_format: str,
+    reduction: str,
+    labels: jax.Array | None,
+    mask: jax.Array | None,
+    sample_weight: Any,
+    num_items: Any,
+    chunk_size: int | None,
+    memory_budget: int,
+    options: dict[str, Any],
+) -> jax.Array:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"Argument `reduction`: expected one of {REDUCTIONS}; received {reduction!r}.")
+    forms = [teacher_logits is not None, teacher_hidden is not None, teacher_topk_indices is not None]
+    if sum(forms) != 1:
+        raise ValueError(
+            "Arguments `teacher_logits` / `teacher_hidden` / `teacher_topk_indices`: expected exactly one "
+            f"teacher form; received {sum(forms)}."
+        )
+    batch_size = student_hidden.shape[0]
+    hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
+    rows, vocab = hidden.shape[0], student_weight.shape[0]
+    scale = options.pop("temperature_squared", 1.0)
+    keep = jnp.ones(rows, dtype=bool)
+    if labels is not None:
+        keep = keep & (labels.reshape(-1) != options.get("ignore_index", -100))
+    if mask is not None:
+        keep = keep & mask.reshape(-1).astype(bool)
+    accumulate = jnp.float64 if hidden.dtype == jnp.float64 else jnp.float32
+    coef = keep.astype(accumulate) * scale
+    if sample_weight is not None:
+        coef = coef * jnp.broadcast_to(jnp.asarray(sample_weight, accumulate).reshape(-1), (rows,))
+    if reduction != "sum":
+        if num_items is not None:
+            coef = coef / num_items
+        elif reduction == "batchmean":
+            coef = coef / batch_size
+        else:
+            count = keep.sum()
+            coef = jnp.where(count > 0, coef / jnp.maximum(count, 1), 0.0)
+    size = chunking.rows_per_chunk(
+        rows, vocab, memory_budget=memory_budget, chunk_size=chunk_size, bytes_per_element=4
+    )
+    pad = (-rows) % size
+    per_row = {"hidden": hidden, "coef": coef, "keep": keep}
+    for key, value in (
+        ("logits", teacher_logits),
+        ("hidden_teacher", teacher_hidden),
+        ("indices", teacher_topk_indices),
+        ("values", teacher_topk_values),
+    ):
+        if value is not None:
+            per_row[key] = value.reshape(rows, -1)
+    # Pad to whole chunks (padded rows have keep = False and coef = 0) and stack the chunks.
+    per_row = {
+        key: jnp.pad(value, [(0, pad)] + [(0, 0)] * (value.ndim - 1)).reshape(-1, size, *value.shape[1:])
+        for key, value in per_row.items()
+    }
+    function = _losses.js_divergence if js else _losses.kl_divergence
+
+    @jax.checkpoint
+    def chunk_loss(params, chunk):
+        weight, bias, t_weight, t_bias = params
+        student = chunk["hidden"] @ weight.T + (0.0 if bias is None else bias)
+        formats = {"y_true_format": "logits", "y_pred_format": "logits"}
+        if "indices" in chunk:
+            teacher, student = _sparse_log_probs(
+                student, chunk["indices"], chunk["values"], teacher_topk_format
+            )
+            formats = {"y_true_format": "log_probs", "y_pred_format": "log_probs", "temperature": 1.0}
+        elif "logits" in chunk:
+            teacher = chunk["logits"]
+        else:
+            teacher = chunk["hidden_teacher"] @ t_weight.T + (0.0 if t_bias is None else t_bias)
+        per_token = function(teacher, student, backend="core", **{**options, **formats})
+        per_token = jnp.where(chunk["keep"], per_token.astype(accumulate), 0.0)
+        return jnp.sum(per_token * chunk["coef"])
+
+    params = (student_weight, student_bias, teacher_weight, teacher_bias)
+
+    def body(total, chunk):
+        return total + chunk_loss(params, chunk), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((), accumulate), per_row)
+    return total.astype(hidden.dtype) if hidden.dtype in (jnp.float16, jnp.bfloat16) else total
+
+
+def _split_options(js: bool, options: dict[str, Any]) -> dict[str, Any]:
+    squared = options.pop("scale_by_temperature_squared", False)
+    options.setdefault("epsilon", 0.0)
+    options.setdefault("temperature", 1.0)
+    if js:
+        options.setdefault("beta", 0.5)
+    # Validate with kldiv's own checks (same messages as kldiv.KLDivergence).
+    _losses.Options.create(**options)
+    options["temperature_squared"] = options["temperature"] ** 2 if squared else 1.0
+    return options
+
+
+def fused_linear_kl_divergence(
+    student_hidden: jax.Array,
+    student_weight: jax.Array,
+    student_bias: jax.Array | None = None,
+    *,
+    teacher_logits: jax.Array | None = None,
+    teacher_hidden: jax.Array | None = None,
+    teacher_weight: jax.Array | None = None,
+    teacher_bias: jax.Array | None = None,
+    teacher_topk_indices: jax.Array | None = None,
+    teacher_topk_values: jax.Array | None = None,
+    teacher_topk_format: str = "log_probs",
+    reduction: str = "token_mean",
+    labels: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    sample_weight: Any = None,
+    num_items: Any = None,
+    chunk_size: int | None = None,
+    memory_budget: int = chunking.DEFAULT_MEMORY_BUDGET,
+    **options: Any,
+) -> jax.Array:
+    """KL(teacher ‖ softmax(student_hidden @ student_weight.T + bias)) reduced over tokens, chunk by
+    chunk (see the module docstring). ``options``: ``direction``, ``epsilon`` (default 0),
+    ``temperature``, ``scale_by_temperature_squared``, ``ignore_index``."""
+    return _fused(
+        False,
+        student_hidden,
+        student_weight,
+        student_bias,
+        teacher_logits=teacher_logits,
+        teacher_hidden=teacher_hidden,
+        teacher_weight=teacher_weight,
+        teacher_bias=teacher_bias,
+        teacher_topk_indices=teacher_topk_indices,
+        teacher_topk_values=teacher_topk_values,
+        teacher_topk_format=teacher_topk_format,
+        reduction=reduction,
+        labels=labels,
+        mask=mask,
+        sample_weight=sample_weight,
+        num_items=num_items,
+        chunk_size=chunk_size,
+        memory_budget=memory_budget,
+        options=_split_options(False, dict(options)),
+    )
+
+
+def fused_linear_js_divergence(
+    student_hidden: jax.Array, student_weight: jax.Array, student_bias: jax.Array | None = None, **kwargs: Any
+) -> jax.Array:
+    """:func:`fused_linear_kl_divergence` for ``JS_β`` (``beta`` keyword, default 0.5)."""
+    names = (
+        "teacher_logits",
+        "teacher_hidden",
+        "teacher_weight",
+        "teacher_bias",
+        "teacher_topk_indices",
+        "teacher_topk_values",
+        "labels",
+        "mask",
+        "sample_weight",
+        "num_items",
+        "chunk_size",
+    )
+    call = {name: kwargs.pop(name, None) for name in names}
+    return _fused(
+        True,
+        student_hidden,
+        student_weight,
+        student_bias,
+        **call,
+        teacher_topk_format=kwargs.pop("teacher_topk_format", "log_probs"),
+        reduction=kwargs.pop("reduction", "token_mean"),
+        memory_budget=kwargs.pop("memory_budget", chunking.DEFAULT_MEMORY_BUDGET),
+        options=_split_options(True, kwargs),
+    )
