@@ -264,12 +264,13 @@ def test_ddp_gloo_two_ranks_equal_one_big_batch() -> None:
     """Two CPU ranks (gloo) with unequal masks: token_mean with ``num_items`` = global count / world size
     and DDP's gradient averaging give the gradient of the whole batch on one process."""
     script = Path(__file__).with_name("ddp_worker.py")
+    source_root = str(Path(kldiv.__file__).resolve().parents[1])  # the ranks import this kldiv
     completed = subprocess.run(
         [sys.executable, str(script)],
         env={
             "OMP_NUM_THREADS": "1",
             **os.environ,
-            "PYTHONPATH": str(Path(kldiv.__file__).resolve().parents[1]),
+            "PYTHONPATH": os.pathsep.join(p for p in (source_root, os.environ.get("PYTHONPATH")) if p),
         },
         capture_output=True,
         text=True,

@@ -57,6 +57,12 @@ def _overrides(options: dict[str, Any], compiling: bool, autocast: bool) -> dict
     return overrides
 
 
+def _call(loss: _losses._DivergenceLoss, *args: Any, **kwargs: Any) -> Tensor:
+    """``loss(*args, **kwargs)`` through the class: Dynamo before PyTorch 2.13 hashes a called object
+    that it is still constructing symbolically (and its ``__hash__`` reads unset attributes)."""
+    return type(loss).__call__(loss, *args, **kwargs)
+
+
 class _TorchDivergence(torch.nn.Module):
     """An ``nn.Module`` whose ``forward`` is a framework-agnostic kldiv loss object's ``__call__``."""
 
@@ -158,7 +164,7 @@ def kl_divergence(
     loss = _losses.KLDivergence(
         reduction=reduction, **{**options, **_overrides(options, *_call_state(y_pred))}
     )
-    return loss(y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items)
+    return _call(loss, y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items)
 
 
 def js_divergence(
@@ -176,4 +182,4 @@ def js_divergence(
     loss = _losses.JSDivergence(
         reduction=reduction, **{**options, **_overrides(options, *_call_state(y_pred))}
     )
-    return loss(y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items)
+    return _call(loss, y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items)
