@@ -8,8 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from kldiv.testing import to_numpy
-
 BACKENDS = ("numpy", "torch", "jax", "array_api_strict")
 
 
@@ -45,8 +43,3 @@ def is_backend_array(backend: str, x: object) -> bool:
 def dtype_name(x: object) -> str:
     """``"float32"`` etc. for an array of any backend."""
     return str(x.dtype).rsplit(".", 1)[-1]
-
-
-def rounded(x: object, dtype: str) -> np.ndarray:
-    """Float64 copy of ``x`` after one rounding to ``dtype`` (what the library actually receives)."""
-    return to_numpy(to_backend("torch", x, dtype)).astype(np.float64)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["assert_close", "to_numpy"]
+__all__ = ["assert_close", "to_numpy", "ulp"]
 
 
 def to_numpy(x: Any) -> np.ndarray:
