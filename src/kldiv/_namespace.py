@@ -149,17 +149,29 @@ def as_array(xp: Namespace, x: Array, like: Array | None = None) -> Array:
     return xp.asarray(x)
 
 
+def dtype_name(dtype: Any) -> str:
+    """``"float16"``, ``"bfloat16"``, ... for a dtype of any library (NumPy classes and instances,
+    ml_dtypes, JAX, torch, TensorFlow)."""
+    name = getattr(dtype, "name", None)
+    if isinstance(name, str):
+        return name
+    name = getattr(dtype, "__name__", None)
+    if isinstance(name, str):
+        return name
+    return str(dtype).rsplit(".", 1)[-1]
+
+
 def is_floating(xp: Namespace, dtype: Any) -> bool:
     """True for a real floating dtype (bfloat16 included) of namespace ``xp``."""
     try:
         return bool(xp.isdtype(dtype, "real floating"))
     except (TypeError, ValueError, AttributeError):
-        return str(dtype).rsplit(".", 1)[-1] in _FLOAT_NAMES
+        return dtype_name(dtype) in _FLOAT_NAMES
 
 
 def is_low_precision(xp: Namespace, dtype: Any) -> bool:
     """True for float16 and bfloat16, which kldiv accumulates in float32."""
-    return str(dtype).rsplit(".", 1)[-1] in ("float16", "bfloat16")
+    return dtype_name(dtype) in ("float16", "bfloat16")
 
 
 def dtype_named(xp: Namespace, name: str) -> Any:

@@ -159,7 +159,9 @@ def broadcastable(true_shape: Any, pred_shape: Any, result: Any) -> None:
 
 def _tolerance(xp: Any, dtype: Any) -> float:
     """How far from 1 a row may sum: a few hundred ulps of the input dtype, at least 1e-6."""
-    bits = str(dtype).rsplit(".", 1)[-1]
+    from ._namespace import dtype_name
+
+    bits = dtype_name(dtype)
     return {"float16": 1e-2, "bfloat16": 3e-2, "float32": 1e-4}.get(bits, 1e-6)
 
 

@@ -55,6 +55,13 @@ class _Prepared:
         )
         if options.validate:
             _validate.same_shape(y_true.shape, y_pred.shape)
+        if options.dtype is not None:
+            # The option casts both inputs first (Keras 3's loss ``dtype``), then low precision is
+            # widened to float32 for the arithmetic.
+            if y_pred.dtype != output_dtype:
+                y_pred = xp.astype(y_pred, output_dtype)
+            if y_true.dtype != output_dtype:
+                y_true = xp.astype(y_true, output_dtype)
         if y_pred.dtype != compute_dtype:
             y_pred = xp.astype(y_pred, compute_dtype)
         if y_true.dtype != compute_dtype:
@@ -115,6 +122,14 @@ class _Prepared:
         """
         if self.use_kernel:
             return self._per_sample_kernel(options, grad_scale_hint)
+        if self.xp is np:
+            # Exact mode's documented +inf (p = 0 < t) and all -inf logit rows are results, not
+            # accidents: keep NumPy from warning about the log(0) behind them.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return self._per_sample_core(options)
+        return self._per_sample_core(options)
+
+    def _per_sample_core(self, options: Options) -> Array:
         losses = divergence(
             self.xp,
             self.y_true,
