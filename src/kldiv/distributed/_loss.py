@@ -1,0 +1,93 @@
+"""The framework-agnostic part of a vocabulary-parallel loss call: prepare the local shards, then weight
+and reduce the per-row values exactly as :class:`kldiv.KLDivergence` does.
+
+Preparation is kldiv's own (``kldiv.losses._Prepared``: array namespace, compute dtype, the keep-mask
+from ``mask`` / ``labels``, masked rows replaced by a safe constant); the reduction is
+:func:`kldiv.core.reductions.reduce_weighted` on the per-row values, which are identical on every
+participant, so every participant returns the same loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .. import _validate, losses
+from ..core import masking
+from ..core.reductions import KERAS3_REDUCTIONS, reduce_weighted
+
+Array = Any
+
+
+@dataclasses.dataclass
+class Shards:
+    """The local shards, ready for :func:`kldiv.distributed._vocab.row_divergence`."""
+
+    prepared: Any  # kldiv.losses._Prepared
+    teacher: Array  # [..., V_r], vocabulary last, compute dtype, masked rows replaced
+    student: Array
+    num_items: Any
+
+    @property
+    def xp(self) -> Any:
+        return self.prepared.xp
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return tuple(self.student.shape[:-1])
+
+
+def prepare(
+    loss: Any, teacher: Array, student: Array, *, mask: Any, labels: Any, num_items: Any, move_axis: Any
+) -> Shards:
+    """Check and prepare one participant's shards (local checks only, no communication).
+
+    Args:
+        loss: the :class:`kldiv.KLDivergence` / :class:`kldiv.JSDivergence` holding the options.
+        teacher, student: the local shards, the vocabulary along ``options.axis``.
+        mask, labels, num_items: as :meth:`kldiv.KLDivergence.__call__`.
+        move_axis: ``move_axis(x, axis)`` puts ``axis`` last (the framework's ``movedim``).
+
+    Raises:
+        ValueError: teacher and student shards of different shapes, a bad ``mask`` / ``labels`` /
+            ``num_items``, or (``validate=True``) NaN or ``+inf`` in a shard.
+        TypeError: a non-floating student.
+    """
+    options = loss.options
+    if tuple(teacher.shape) != tuple(student.shape):
+        raise ValueError(
+            "Arguments `teacher_logits` and `student_logits`: expected shards of equal shapes "
+            f"(the same rows and vocabulary entries); received shapes {tuple(teacher.shape)} and "
+            f"{tuple(student.shape)}."
+        )
+    num_items = _validate.num_items(num_items, loss.reduction)
+    core_options = dataclasses.replace(options, backend="core", validate=False)
+    keras3 = loss.reduction in KERAS3_REDUCTIONS
+    prepared = losses._Prepared(
+        core_options, teacher, student, keras3_shapes=keras3, mask=mask, labels=labels
+    )
+    xp, axis = prepared.xp, prepared.axis
+    if options.validate:
+        for argument, x in (("teacher_logits", prepared.y_true), ("student_logits", prepared.y_pred)):
+            # A shard is not a distribution: only the entry-wise checks apply.
+            _validate.input_values(xp, argument, x, "logits", axis, prepared.output_dtype)
+    teacher, student = prepared.y_true, prepared.y_pred
+    last = len(student.shape) - 1
+    if axis != last:
+        teacher, student = move_axis(teacher, axis), move_axis(student, axis)
+    return Shards(prepared, teacher, student, num_items)
+
+
+def reduce(loss: Any, shards: Shards, values: Array, sample_weight: Any) -> Array:
+    """``T²`` scaling, masking, ``sample_weight`` and the reduction of the per-row values."""
+    options, prepared, xp = loss.options, shards.prepared, shards.xp
+    if options.scale_by_temperature_squared:
+        values = values * (options.temperature**2)
+    if prepared.keep is not None:
+        values = masking.mask_losses(xp, values, prepared.keep)
+    weight = None if sample_weight is None else prepared.weight(sample_weight, like=values)
+    num_items = shards.num_items
+    if num_items is not None and not isinstance(num_items, (int, float)):
+        num_items = prepared.weight(num_items, like=values)
+    value = reduce_weighted(xp, values, weight, loss.reduction, mask=prepared.keep, num_items=num_items)
+    return prepared.output(value)
