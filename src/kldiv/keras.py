@@ -15,6 +15,11 @@ the reduction (Keras 3 names: ``"sum_over_batch_size"``, ``"sum"``, ``"mean"``,
 ``"mean_with_sample_weight"``, ``"none"`` / ``None``; ``"auto"`` is read as ``"sum_over_batch_size"``)
 and, on the TensorFlow backend, the ``tf.distribute`` per-replica scaling.
 
+The Keras call signature is ``loss(y_true, y_pred, sample_weight=None)``: positions are masked with
+Keras masks (or a zero ``sample_weight``), not with kldiv's ``mask=`` / ``labels=`` call arguments, and
+kldiv's ``"batchmean"`` / ``"token_mean"`` reductions are not Keras reductions (use the agnostic
+:class:`kldiv.KLDivergence` in a custom training step for them).
+
 ``dtype`` is Keras' loss dtype (a dtype name or a ``keras.DTypePolicy`` such as ``"mixed_bfloat16"``,
 whose compute dtype is used); float16 and bfloat16 inputs are accumulated in float32 by kldiv and
 the per-sample loss is returned in that dtype. Default: ``keras.backend.floatx()``.
