@@ -396,7 +396,9 @@ class _DivergenceLoss:
         return type(other) is type(self) and other.get_config() == self.get_config()
 
     def __hash__(self) -> int:
-        return hash(tuple(self.get_config().items()))
+        # Equal losses have equal configs, hence equal (type, name, reduction); reading attributes
+        # with defaults keeps hashing a half-built object (TorchDynamo does that) from raising.
+        return hash((type(self).__name__, getattr(self, "name", None), getattr(self, "reduction", None)))
 
     def __repr__(self) -> str:
         options = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())

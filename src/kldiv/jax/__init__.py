@@ -26,8 +26,16 @@ from typing import Any
 import jax
 
 from kldiv import losses as _losses
+from kldiv.fused.jax import fused_linear_js_divergence, fused_linear_kl_divergence
 
-__all__ = ["js_divergence", "kl_divergence", "make_loss", "make_train_step"]
+__all__ = [
+    "fused_linear_js_divergence",
+    "fused_linear_kl_divergence",
+    "js_divergence",
+    "kl_divergence",
+    "make_loss",
+    "make_train_step",
+]
 
 Array = Any
 

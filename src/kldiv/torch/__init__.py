@@ -35,8 +35,23 @@ from typing import Any, ClassVar
 import torch
 
 from kldiv import losses as _losses
+from kldiv.fused.torch import (
+    FusedLinearJSDivergence,
+    FusedLinearKLDivergence,
+    chunked_js_divergence,
+    chunked_kl_divergence,
+)
 
-__all__ = ["JSDivergence", "KLDivergence", "js_divergence", "kl_divergence"]
+__all__ = [
+    "FusedLinearJSDivergence",
+    "FusedLinearKLDivergence",
+    "JSDivergence",
+    "KLDivergence",
+    "chunked_js_divergence",
+    "chunked_kl_divergence",
+    "js_divergence",
+    "kl_divergence",
+]
 
 Tensor = Any
 
