@@ -21,7 +21,14 @@ def strategy_active() -> bool:
     return bool(tf.distribute.has_strategy())
 
 
-def check_reduction(reduction: str | None) -> None:
+def _tensorflow_world(y_pred: object) -> bool:
+    """The rule is TensorFlow's: it concerns TensorFlow tensors, NumPy arrays and Python values, never
+    PyTorch or JAX arrays (whose callers may have TensorFlow imported for other reasons; asking
+    TensorFlow about strategies there would also break ``torch.compile`` graphs)."""
+    return type(y_pred).__module__.split(".", 1)[0] not in ("torch", "jax", "jaxlib", "cupy", "dask")
+
+
+def check_reduction(reduction: str | None, y_pred: object = None) -> None:
     """Raise ``ValueError`` for ``auto`` / ``sum_over_batch_size`` under an active strategy."""
-    if reduction in ("auto", "sum_over_batch_size") and strategy_active():
+    if reduction in ("auto", "sum_over_batch_size") and _tensorflow_world(y_pred) and strategy_active():
         raise ValueError(DISTRIBUTE_MESSAGE.format(reduction=reduction))

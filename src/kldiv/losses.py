@@ -363,7 +363,7 @@ class _DivergenceLoss:
                 not divide, or ``reduction`` is ``"auto"`` / ``"sum_over_batch_size"`` under an
                 active ``tf.distribute`` strategy (outside ``compile``/``fit``).
         """
-        _distribute.check_reduction(self.reduction)
+        _distribute.check_reduction(self.reduction, y_pred)
         num_items = _validate.num_items(num_items, self.reduction)
         keras3 = self.reduction in KERAS3_REDUCTIONS
         prepared = _Prepared(self.options, y_true, y_pred, keras3_shapes=keras3, mask=mask, labels=labels)
