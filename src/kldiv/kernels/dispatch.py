@@ -1,52 +1,81 @@
-"""Which implementation serves a call: the fused Numba kernel or the core (the reference).
+"""Which implementation serves a call: a fused kernel (Numba on CPU, Triton on CUDA) or the core.
 
-``backend="auto"`` (default) uses the kernel for NumPy arrays and CPU torch tensors of float32 /
-float64 (float16 / bfloat16 are computed as float32) when Numba is installed and the input has at
-least :data:`AUTO_THRESHOLD` elements; below that, the call overhead of the kernel outweighs its
-gain (measured in ``benchmarks/RESULTS.md``). ``backend="numba"`` asks for the kernel (an error if
-it cannot serve the call), ``backend="core"`` for the core.
+``backend="auto"`` (default) uses a kernel for arrays of float32 / float64 (float16 / bfloat16 are
+computed as float32) with at least :data:`AUTO_THRESHOLD` elements: the Numba kernel for NumPy arrays
+and CPU torch tensors when Numba is installed, the Triton kernel for CUDA torch tensors when Triton
+is installed. Below the threshold, the call overhead of a kernel outweighs its gain (measured in
+``benchmarks/RESULTS.md``). ``backend="numba"`` / ``"triton"`` asks for that kernel (an error if it
+cannot serve the call), ``backend="core"`` for the core. ``backend="triton"`` also accepts CPU torch
+tensors while ``TRITON_INTERPRET=1`` (Triton's interpreter: how the kernel is tested without a GPU).
 
-The kernel does not serve: JAX, TensorFlow and other arrays (they have their own compiled paths),
+Neither kernel serves: JAX, TensorFlow and other arrays (they have their own compiled paths),
 inputs that only broadcast against each other, a ``y_true`` that needs a gradient, and the
-Jensen–Shannon endpoints ``beta ∈ {0, 1}``.
+Jensen–Shannon endpoints ``beta ∈ {0, 1}``. Nothing here imports Numba, Triton or torch.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
+import os
 from typing import Any
 
 import numpy as np
 
-BACKENDS = ("auto", "core", "numba")
-AUTO_THRESHOLD = 1 << 16
+from .._namespace import dtype_name
 
-_numba_installed: bool | None = None
+BACKENDS = ("auto", "core", "numba", "triton")
+AUTO_THRESHOLD = 1 << 16
+_KERNEL_NAMES = {"numba": "Numba", "triton": "Triton"}
+
+
+@functools.cache
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def numba_installed() -> bool:
     """Whether Numba can be imported (checked once, without importing it)."""
-    global _numba_installed
-    if _numba_installed is None:
-        _numba_installed = importlib.util.find_spec("numba") is not None
-    return _numba_installed
+    return _installed("numba")
+
+
+def triton_installed() -> bool:
+    """Whether Triton can be imported (checked once, without importing it)."""
+    return _installed("triton")
+
+
+def triton_interpreter() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks Triton to run kernels on the CPU (read per call)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
 def _array_kind(xp: Any, x: Any) -> str | None:
-    """``"numpy"``, ``"torch"`` (CPU tensor) or None (an array the kernel does not serve)."""
+    """``"numpy"``, ``"torch"`` (CPU tensor), ``"cuda"`` (CUDA tensor) or None (no kernel serves it)."""
     if xp is np:
         return "numpy"
-    if getattr(xp, "__name__", "") == "array_api_compat.torch" and x.device.type == "cpu":
-        return "torch"
+    if getattr(xp, "__name__", "") == "array_api_compat.torch" and x.device.type in ("cpu", "cuda"):
+        return "torch" if x.device.type == "cpu" else "cuda"
     return None
 
 
-def unsupported_reason(options: Any, xp: Any, y_true: Any, y_pred: Any) -> str | None:
-    """Why the fused kernel cannot serve this call (None when it can)."""
-    if _array_kind(xp, y_pred) is None:
-        return f"arrays of {getattr(xp, '__name__', xp)} on this device"
-    if str(y_pred.dtype).rsplit(".", 1)[-1] not in ("float32", "float64"):
+def kernel_for(xp: Any, x: Any) -> str:
+    """The kernel ``backend="auto"`` considers: ``"triton"`` for CUDA tensors, else ``"numba"``."""
+    return "triton" if _array_kind(xp, x) == "cuda" else "numba"
+
+
+def _serves_arrays(kernel: str, kind: str | None) -> bool:
+    if kernel == "numba":
+        return kind in ("numpy", "torch")
+    return kind == "cuda" or (kind == "torch" and triton_interpreter())
+
+
+def unsupported_reason(options: Any, xp: Any, y_true: Any, y_pred: Any, kernel: str = "numba") -> str | None:
+    """Why the fused ``kernel`` (``"numba"`` or ``"triton"``) cannot serve this call (None when it can)."""
+    if not _serves_arrays(kernel, _array_kind(xp, y_pred)):
+        device = getattr(getattr(y_pred, "device", None), "type", None)
+        return f"arrays of {getattr(xp, '__name__', xp)} on {device or 'this device'}"
+    if dtype_name(y_pred.dtype) not in ("float32", "float64"):
         return f"dtype {y_pred.dtype}"
     if tuple(y_true.shape) != tuple(y_pred.shape):
         return "y_true and y_pred of different (broadcast) shapes"
@@ -54,21 +83,23 @@ def unsupported_reason(options: Any, xp: Any, y_true: Any, y_pred: Any) -> str |
         return "a y_true that requires a gradient"
     if options.beta in (0.0, 1.0):
         return "beta at an endpoint (0 or 1)"
-    if not numba_installed():
-        return "Numba is not installed (pip install kldiv[numba])"
+    if not _installed(kernel):
+        return f"{_KERNEL_NAMES[kernel]} is not installed (pip install kldiv[{kernel}])"
     return None
 
 
 def use_kernel(options: Any, xp: Any, y_true: Any, y_pred: Any) -> bool:
-    """Decide for one call; raises ``ValueError`` when ``backend="numba"`` cannot be honoured."""
+    """Decide for one call; raises ``ValueError`` when ``backend="numba"`` / ``"triton"`` cannot be
+    honoured. Which kernel runs follows from the arrays (:func:`kldiv.kernels.fused.per_sample_torch`)."""
     if options.backend == "core":
         return False
-    reason = unsupported_reason(options, xp, y_true, y_pred)
-    if options.backend == "numba":
+    if options.backend in _KERNEL_NAMES:
+        reason = unsupported_reason(options, xp, y_true, y_pred, options.backend)
         if reason is not None:
             raise ValueError(
-                f"Option `backend`: expected inputs that the Numba kernel serves; received {reason}. "
-                "Use backend='auto' or 'core'."
+                f"Option `backend`: expected inputs that the {_KERNEL_NAMES[options.backend]} kernel serves; "
+                f"received {reason}. Use backend='auto' or 'core'."
             )
         return True
+    reason = unsupported_reason(options, xp, y_true, y_pred, kernel_for(xp, y_pred))
     return reason is None and math.prod(y_pred.shape) >= AUTO_THRESHOLD

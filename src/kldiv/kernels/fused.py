@@ -1,8 +1,10 @@
-"""Run the fused kernel for a prepared call: NumPy directly, torch through ``autograd.Function``.
+"""Run a fused kernel for a prepared call: NumPy directly, torch through ``autograd.Function``.
 
-The kernel works on C-contiguous ``[rows, n]`` views with the distribution axis last; inputs with
-another ``axis`` are moved (one copy). Per-sample values come back in the compute dtype, shaped
-like the core's result, with ``T²`` applied when asked.
+The kernels work on ``[rows, n]`` views with the distribution axis last; inputs with another
+``axis`` are moved (one copy). Per-sample values come back in the compute dtype, shaped like the
+core's result, with ``T²`` applied when asked. NumPy arrays and CPU torch tensors go to the Numba
+kernel, CUDA tensors (and CPU tensors with ``backend="triton"``) to the Triton kernel; each is
+imported on first use.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import math
 from typing import Any
 
 import numpy as np
-
-from .numba_cpu import fused_rows
 
 
 def _kernel_options(options: Any) -> dict[str, Any]:
@@ -34,6 +34,8 @@ def per_sample_numpy(
     options: Any, y_true: np.ndarray, y_pred: np.ndarray, keep: Any, axis: int
 ) -> np.ndarray:
     """Per-sample divergence of NumPy arrays (no gradient: NumPy has no autograd)."""
+    from .numba_cpu import fused_rows
+
     t = np.ascontiguousarray(np.moveaxis(y_true, axis, -1))
     p = np.ascontiguousarray(np.moveaxis(y_pred, axis, -1))
     batch_shape, n = p.shape[:-1], p.shape[-1]
@@ -54,11 +56,13 @@ def per_sample_numpy(
 def per_sample_torch(
     options: Any, y_true: Any, y_pred: Any, keep: Any, axis: int, grad_scale_hint: float
 ) -> Any:
-    """Per-sample divergence of CPU torch tensors, differentiable w.r.t. ``y_pred``.
+    """Per-sample divergence of torch tensors, differentiable w.r.t. ``y_pred``.
 
     ``grad_scale_hint`` is the gradient each row is expected to receive from the reduction (e.g.
-    ``1/rows`` for a mean); the kernel writes the gradient pre-scaled by it, so that the backward
-    pass returns it untouched when the guess is right (one pass over the data saved).
+    ``1/rows`` for a mean); the kernel writes the gradient pre-scaled by it, so that on the CPU the
+    backward pass returns it untouched when the guess is right (one pass over the data saved). On
+    CUDA the backward pass always multiplies by ``upstream / hint`` (checking the guess would
+    synchronise with the host).
     """
     from .torch_function import FusedDivergence
 

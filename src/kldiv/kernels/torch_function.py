@@ -1,22 +1,59 @@
-"""``torch.autograd.Function`` around the Numba kernel: value and gradient in one forward pass.
+"""``torch.autograd.Function`` around the fused kernels: value and gradient in one forward pass.
+
+One design for both devices: CPU tensors run the Numba kernel, CUDA tensors (and CPU tensors with
+``backend="triton"``, under Triton's interpreter) the Triton kernel; both have the contract of
+:func:`kldiv.kernels.numba_cpu.fused_rows`.
 
 Forward runs the kernel once, writing the per-sample values and the gradient w.r.t. ``y_pred``
-pre-scaled by the expected upstream gradient (``grad_scale_hint``). Backward compares the real
-upstream gradient with that guess: equal (the usual case for a mean or sum reduction) → the saved
-gradient is returned as is; otherwise each row is rescaled in place. A second backward through the
-same graph (``retain_graph=True``, ``gradcheck``) cannot trust that buffer any more (autograd may
-have accumulated into it), so it recomputes the gradient with the kernel.
+pre-scaled by the expected upstream gradient (``grad_scale_hint``). Backward rescales each row by
+``upstream / hint``: on the CPU only when the real upstream gradient differs from the guess (equal
+is the usual case for a mean or sum reduction; the saved gradient is then returned as is); on the
+Triton path always, as one multiply, since comparing would synchronise the GPU with the host. A
+second backward through the same graph (``retain_graph=True``, ``gradcheck``) cannot trust that
+buffer any more (autograd may have accumulated into it), so it recomputes the gradient with the
+kernel.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
-import numpy as np
 import torch
 
 from .fused import _kernel_options, _squared_temperature
-from .numba_cpu import fused_rows
+
+
+def _uses_triton(p: torch.Tensor, options: Any) -> bool:
+    """The Triton kernel serves CUDA tensors, and CPU tensors when ``backend="triton"`` (interpreter)."""
+    return p.device.type != "cpu" or options.backend == "triton"
+
+
+def _fused_rows(
+    triton: bool,
+    t: torch.Tensor,
+    p: torch.Tensor,
+    coef: torch.Tensor,
+    keep_rows: torch.Tensor | None,
+    options: Any,
+    want_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(values [rows], grad [rows, n] or None)`` from the kernel that serves these tensors."""
+    if triton:
+        from .triton import fused_rows_triton
+
+        return fused_rows_triton(t, p, coef, keep_rows, want_grad=want_grad, **_kernel_options(options))
+    from .numba_cpu import fused_rows
+
+    values, grad = fused_rows(
+        t.numpy(),
+        p.numpy(),
+        coef.numpy(),
+        None if keep_rows is None else keep_rows.numpy(),
+        want_grad=want_grad,
+        **_kernel_options(options),
+    )
+    return torch.from_numpy(values), None if grad is None else torch.from_numpy(grad)
 
 
 class FusedDivergence(torch.autograd.Function):
@@ -28,48 +65,47 @@ class FusedDivergence(torch.autograd.Function):
         p = torch.movedim(y_pred.detach(), axis, -1).contiguous()
         batch_shape, n = p.shape[:-1], p.shape[-1]
         rows = math.prod(batch_shape)
+        triton = _uses_triton(p, options)
         keep_rows = None
         if keep is not None:
-            keep_rows = torch.broadcast_to(keep, batch_shape).reshape(rows).numpy()
+            keep_rows = torch.broadcast_to(keep, batch_shape).reshape(rows).contiguous()
         squared_t = _squared_temperature(options)
         want_grad = bool(ctx.needs_input_grad[1])
         scale = grad_scale_hint * squared_t
-        values, grad = fused_rows(
-            t.reshape(rows, n).numpy(),
-            p.reshape(rows, n).numpy(),
-            np.full(rows, scale),
+        values, grad = _fused_rows(
+            triton,
+            t.reshape(rows, n),
+            p.reshape(rows, n),
+            torch.full((rows,), scale, dtype=torch.float64, device=p.device),
             keep_rows,
-            want_grad=want_grad,
-            **_kernel_options(options),
+            options,
+            want_grad,
         )
         if want_grad:
             ctx.save_for_backward(t, p)
-            ctx.grad = torch.from_numpy(grad)  # not saved_tensors: backward may rescale it in place
+            ctx.grad = grad  # not saved_tensors: backward may rescale it in place
             ctx.hint = scale
-            ctx.layout = (tuple(p.shape), axis, keep_rows, options)
+            ctx.layout = (tuple(p.shape), axis, keep_rows, options, triton)
             ctx.consumed = False
-        values *= squared_t
-        return torch.from_numpy(values).to(p.dtype).reshape(batch_shape)
+        if squared_t != 1.0:
+            values *= squared_t
+        return values.to(p.dtype).reshape(batch_shape)
 
     @staticmethod
     def backward(ctx, grad_values):
         t, p = ctx.saved_tensors
         grad = ctx.grad
-        moved_shape, axis, keep_rows, options = ctx.layout
+        moved_shape, axis, keep_rows, options, triton = ctx.layout
         rows = grad.shape[0]
+        squared_t = _squared_temperature(options)
         upstream = grad_values.reshape(rows).to(torch.float64)
         if ctx.consumed:
             n = moved_shape[-1]
-            _, grad = fused_rows(
-                t.reshape(rows, n).numpy(),
-                p.reshape(rows, n).numpy(),
-                (upstream * _squared_temperature(options)).numpy(),
-                keep_rows,
-                want_grad=True,
-                **_kernel_options(options),
+            _, grad = _fused_rows(
+                triton, t.reshape(rows, n), p.reshape(rows, n), upstream * squared_t, keep_rows, options, True
             )
-            grad = torch.from_numpy(grad)
-        elif not bool(torch.all(upstream == ctx.hint / _squared_temperature(options))):
-            grad.mul_((upstream * (_squared_temperature(options) / ctx.hint)).to(grad.dtype)[:, None])
+        elif triton or not bool(torch.all(upstream == ctx.hint / squared_t)):
+            factor = (upstream * (squared_t / ctx.hint)).to(torch.promote_types(grad.dtype, torch.float32))
+            grad.mul_(factor[:, None])
         ctx.consumed = True
         return None, torch.movedim(grad.reshape(moved_shape), -1, axis), None, None, None, None

@@ -1,0 +1,293 @@
+r"""The Triton kernel: per-row divergence and its gradient w.r.t. ``y_pred``, one program per row.
+
+It must equal :func:`kldiv.core.divergences.divergence` (the reference) to float32 rounding, as the
+Numba kernel (:mod:`kldiv.kernels.numba_cpu`) does; ``tests/kernels/test_triton.py`` compares the
+two option by option. The per-element formulas are the functions of :mod:`kldiv.core.grads`
+themselves, compiled by ``triton.jit`` (they use only ``+ − ×``), so no formula is re-typed here.
+
+Derivation (``a = log t``, ``b = log q``, ``g_i = ∂ℓ/∂b_i`` from :mod:`kldiv.core.grads`)::
+
+    y_pred given as probabilities p, T = 1:    b = log clip(p)          ∂ℓ/∂p_i = g_i / p_i
+    y_pred given as log-probabilities, T = 1:  b = clip(u)              ∂ℓ/∂u_i = g_i
+    y_pred as logits (or any format, T ≠ 1):   c = log_softmax(u / T),  b = clip(c)
+                                               ∂ℓ/∂u_k = (g'_k − softmax_k · Σ_j g'_j) / T,
+                                               g'_j = g_j · [c_j not clipped]
+
+(``u`` is the raw input, ``log clip(p)`` for probabilities). Keras' clip (``epsilon > 0``) gives a
+zero gradient where it acts. Exact mode (``epsilon = 0``) masks zero probabilities the way the core
+does (``Distribution.log(masked) = 0``, ``prob = 0``) *before* the grads functions see them, so
+``0 · log 0`` never appears: forward KL masks both logs where ``t = 0``, reverse where ``q = 0``,
+and JS_β takes ``log M = log(1−β) + b`` where ``t = 0`` and ``log β + a`` where ``q = 0``.
+
+Passes over a row, in tiles of ``BLOCK`` entries (registers only, nothing but the gradient is
+written): (1) an online log-sum-exp of each side that needs one (logits, or any ``T ≠ 1``), a
+running maximum and a sum rescaled when the maximum grows; (2) the value, with the gradient written
+directly when ``y_pred`` needs no softmax, else ``Σ g'``; (3) only for a log-softmax ``y_pred``:
+``g'`` recomputed from the inputs (cheaper than storing and re-reading it) and the final gradient.
+Accumulation is float32 for float16 / bfloat16 / float32 inputs and float64 for float64; row
+offsets are int64 (``rows × vocab`` may exceed 2³¹).
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+
+import triton
+import triton.language as tl
+
+from ...core import grads
+
+
+def _jit(formula: Callable[..., float]) -> triton.JITFunction:
+    """``triton.jit`` of a :mod:`kldiv.core.grads` function: Triton compiles its source from grads.py.
+
+    The function is re-bound to this module's globals first: Triton's interpreter requires
+    ``triton.language`` among them (the formula itself reads no global).
+    """
+    return triton.jit(types.FunctionType(formula.__code__, globals(), formula.__name__, formula.__defaults__))
+
+
+# The formulas of kldiv.core.grads, one Triton helper each (the source lives in grads.py only).
+forward_term = _jit(grads.forward_term)
+forward_grad = _jit(grads.forward_grad)
+reverse_term = _jit(grads.reverse_term)
+reverse_grad = _jit(grads.reverse_grad)
+js_term = _jit(grads.js_term)
+js_grad = _jit(grads.js_grad)
+
+
+@triton.jit
+def _raw_log(x, FORMAT: tl.constexpr, CLIP: tl.constexpr, epsilon):
+    """``u``: what a log-softmax side normalises (the log of clipped probabilities, else ``x``)."""
+    u = x
+    if FORMAT == "probs":
+        u = tl.log(tl.clamp(x, epsilon, 1.0)) if CLIP else tl.log(x)
+    return u
+
+
+@triton.jit
+def _log_sum_exp(
+    row_ptr,
+    n,
+    FORMAT: tl.constexpr,
+    CLIP: tl.constexpr,
+    epsilon,
+    inv_t,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``log Σ_i exp(u_i / T)`` of one row, online; shifted by 0 when the maximum is not finite."""
+    top = tl.full((), float("-inf"), ACC)
+    total = tl.zeros((), ACC)
+    for start in range(0, n, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        inside = offsets < n
+        x = tl.load(row_ptr + offsets, mask=inside, other=1.0).to(ACC)
+        s = tl.where(inside, _raw_log(x, FORMAT, CLIP, epsilon) * inv_t, float("-inf"))
+        new_top = tl.maximum(top, tl.max(s, axis=0))
+        old_shift = tl.where(tl.abs(top) < float("inf"), top, 0.0)  # 0 unless finite, as the core
+        shift = tl.where(tl.abs(new_top) < float("inf"), new_top, 0.0)
+        rescaled = tl.where(total == 0.0, 0.0, total * tl.exp(old_shift - shift))
+        total = rescaled + tl.sum(tl.exp(s - shift), axis=0)
+        top = new_top
+    return tl.where(tl.abs(top) < float("inf"), top, 0.0) + tl.log(total)
+
+
+@triton.jit
+def _side(
+    x, FORMAT: tl.constexpr, USE_LSE: tl.constexpr, CLIP: tl.constexpr, lse, epsilon, log_epsilon, inv_t
+):
+    """``(b, q, kept)``: log-probability, probability, whether Keras' clip let the entry through."""
+    if USE_LSE:
+        c = _raw_log(x, FORMAT, CLIP, epsilon) * inv_t - lse
+        b = c
+        if CLIP:
+            b = tl.clamp(c, log_epsilon, 0.0)
+        q = tl.exp(b)
+        kept = b == c
+    elif FORMAT == "probs":
+        q = x
+        if CLIP:
+            q = tl.clamp(x, epsilon, 1.0)
+        b = tl.log(q)
+        kept = q == x
+    else:
+        b = x
+        if CLIP:
+            b = tl.clamp(x, log_epsilon, 0.0)
+        q = tl.exp(b)
+        kept = b == x
+    return b, q, kept
+
+
+@triton.jit
+def _element(a, t, b, q, KIND: tl.constexpr, CLIP: tl.constexpr, beta, log_beta, log1m_beta):
+    """``(term, ∂ℓ/∂b)`` per entry through :mod:`kldiv.core.grads`, zero probabilities masked first."""
+    if KIND == "js":
+        a_js = a
+        b_js = b
+        if not CLIP:
+            a_js = tl.where(t == 0.0, 0.0, a)
+            b_js = tl.where(q == 0.0, 0.0, b)
+        wa = a_js + log_beta
+        wb = b_js + log1m_beta
+        top = tl.maximum(wa, wb)
+        m = top + tl.log(1.0 + tl.exp(tl.minimum(wa, wb) - top))
+        if not CLIP:
+            m = tl.where(t == 0.0, wb, tl.where(q == 0.0, wa, m))
+        term = js_term(t, q, a_js, b_js, m, beta)
+        g = js_grad(q, b_js, m, beta)
+    else:
+        term = tl.zeros_like(a)
+        g = tl.zeros_like(a)
+        if KIND == "forward" or KIND == "symmetric":
+            a_f = a
+            b_f = b
+            if not CLIP:
+                a_f = tl.where(t == 0.0, 0.0, a)
+                b_f = tl.where(t == 0.0, 0.0, b)
+            term += forward_term(t, a_f, b_f)
+            g += forward_grad(t)
+        if KIND == "reverse" or KIND == "symmetric":
+            a_r = a
+            b_r = b
+            if not CLIP:
+                a_r = tl.where(q == 0.0, 0.0, a)
+                b_r = tl.where(q == 0.0, 0.0, b)
+            term += reverse_term(q, a_r, b_r)
+            g += reverse_grad(q, a_r, b_r)
+    return term, g
+
+
+@triton.jit
+def _tile(
+    t_row,
+    p_row,
+    offsets,
+    inside,
+    t_lse,
+    p_lse,
+    epsilon,
+    log_epsilon,
+    inv_t,
+    beta,
+    log_beta,
+    log1m_beta,
+    TRUE_FORMAT: tl.constexpr,
+    PRED_FORMAT: tl.constexpr,
+    KIND: tl.constexpr,
+    CLIP: tl.constexpr,
+    TRUE_LSE: tl.constexpr,
+    PRED_LSE: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """One tile: ``(term, g', x)`` with ``g'`` zero where the clip acted, ``x`` the raw ``y_pred``."""
+    xt = tl.load(t_row + offsets, mask=inside, other=1.0).to(ACC)
+    xp = tl.load(p_row + offsets, mask=inside, other=1.0).to(ACC)
+    a, t, _ = _side(xt, TRUE_FORMAT, TRUE_LSE, CLIP, t_lse, epsilon, log_epsilon, inv_t)
+    b, q, kept = _side(xp, PRED_FORMAT, PRED_LSE, CLIP, p_lse, epsilon, log_epsilon, inv_t)
+    term, g = _element(a, t, b, q, KIND, CLIP, beta, log_beta, log1m_beta)
+    term = tl.where(inside, term, 0.0)
+    g = tl.where(inside & kept, g, 0.0)
+    return term, g, xp
+
+
+@triton.jit
+def _softmax_grad(g, xp, sum_g, p_lse, factor, PRED_FORMAT: tl.constexpr, CLIP: tl.constexpr, epsilon, inv_t):
+    """Through ``c = log_softmax(u / T)``: ``(g'_k − softmax_k · Σ_j g'_j) · factor`` (``factor`` is
+    ``coef / T``), and ``/ p`` more where ``u = log clip(p)`` (0 where the clip acted or ``p = 0``)."""
+    softmax = tl.exp(_raw_log(xp, PRED_FORMAT, CLIP, epsilon) * inv_t - p_lse)
+    out = (g - softmax * sum_g) * factor
+    if PRED_FORMAT == "probs":
+        unclipped = xp == tl.clamp(xp, epsilon, 1.0) if CLIP else xp != 0.0
+        out = tl.where(unclipped, out / xp, 0.0)
+    return out
+
+
+@triton.jit
+def fused_rows_kernel(
+    t_ptr,
+    p_ptr,
+    coef_ptr,
+    keep_ptr,
+    values_ptr,
+    grad_ptr,
+    n,
+    t_stride,
+    p_stride,
+    grad_stride,
+    epsilon: tl.float64,
+    log_epsilon: tl.float64,
+    inv_t: tl.float64,
+    beta: tl.float64,
+    log_beta: tl.float64,
+    log1m_beta: tl.float64,
+    TRUE_FORMAT: tl.constexpr,
+    PRED_FORMAT: tl.constexpr,
+    KIND: tl.constexpr,
+    CLIP: tl.constexpr,
+    TRUE_LSE: tl.constexpr,
+    PRED_LSE: tl.constexpr,
+    HAS_KEEP: tl.constexpr,
+    WANT_GRAD: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Row ``program_id(0)``: ``values[r] = ℓ_r`` and ``grad[r] = coef[r] · ∂ℓ_r/∂y_pred[r]``."""
+    row = tl.program_id(0).to(tl.int64)
+    t_row = t_ptr + row * t_stride
+    p_row = p_ptr + row * p_stride
+    g_row = grad_ptr + row * grad_stride
+    epsilon = tl.cast(epsilon, ACC)
+    log_epsilon = tl.cast(log_epsilon, ACC)
+    inv_t = tl.cast(inv_t, ACC)
+    beta = tl.cast(beta, ACC)
+    log_beta = tl.cast(log_beta, ACC)
+    log1m_beta = tl.cast(log1m_beta, ACC)
+    keep = True
+    if HAS_KEEP:
+        keep = tl.load(keep_ptr + row) != 0
+    if keep:
+        t_lse = tl.zeros((), ACC)
+        p_lse = tl.zeros((), ACC)
+        if TRUE_LSE:
+            t_lse = _log_sum_exp(t_row, n, TRUE_FORMAT, CLIP, epsilon, inv_t, ACC, BLOCK)
+        if PRED_LSE:
+            p_lse = _log_sum_exp(p_row, n, PRED_FORMAT, CLIP, epsilon, inv_t, ACC, BLOCK)
+        scale = tl.load(coef_ptr + row).to(ACC)
+        total = tl.zeros((BLOCK,), ACC)
+        g_sum = tl.zeros((BLOCK,), ACC)
+        for start in range(0, n, BLOCK):
+            offsets = start + tl.arange(0, BLOCK)
+            inside = offsets < n
+            # fmt: off
+            term, g, xp = _tile(t_row, p_row, offsets, inside, t_lse, p_lse, epsilon, log_epsilon, inv_t,
+                beta, log_beta, log1m_beta, TRUE_FORMAT, PRED_FORMAT, KIND, CLIP, TRUE_LSE, PRED_LSE, ACC)
+            # fmt: on
+            total += term
+            if WANT_GRAD:
+                if PRED_LSE:
+                    g_sum += g
+                else:  # b = log p: ∂ℓ/∂p = g / p (0 where g is 0); b = u: ∂ℓ/∂u = g
+                    out = tl.where(g != 0.0, g / xp, g) if PRED_FORMAT == "probs" else g
+                    out = out * scale
+                    tl.store(g_row + offsets, out.to(grad_ptr.dtype.element_ty), mask=inside)
+        tl.store(values_ptr + row, tl.sum(total, axis=0).to(values_ptr.dtype.element_ty))
+        if WANT_GRAD and PRED_LSE:
+            sum_g = tl.sum(g_sum, axis=0)
+            for start in range(0, n, BLOCK):
+                offsets = start + tl.arange(0, BLOCK)
+                inside = offsets < n
+                # fmt: off
+                _, g, xp = _tile(t_row, p_row, offsets, inside, t_lse, p_lse, epsilon, log_epsilon, inv_t,
+                    beta, log_beta, log1m_beta, TRUE_FORMAT, PRED_FORMAT, KIND, CLIP, TRUE_LSE, PRED_LSE, ACC)
+                # fmt: on
+                out = _softmax_grad(g, xp, sum_g, p_lse, inv_t * scale, PRED_FORMAT, CLIP, epsilon, inv_t)
+                tl.store(g_row + offsets, out.to(grad_ptr.dtype.element_ty), mask=inside)
+    else:
+        tl.store(values_ptr + row, tl.zeros((), values_ptr.dtype.element_ty))
+        if WANT_GRAD:
+            for start in range(0, n, BLOCK):
+                offsets = start + tl.arange(0, BLOCK)
+                tl.store(g_row + offsets, tl.zeros((BLOCK,), grad_ptr.dtype.element_ty), mask=offsets < n)
