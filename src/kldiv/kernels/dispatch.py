@@ -19,6 +19,7 @@ import functools
 import importlib.util
 import math
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -101,5 +102,13 @@ def use_kernel(options: Any, xp: Any, y_true: Any, y_pred: Any) -> bool:
                 f"received {reason}. Use backend='auto' or 'core'."
             )
         return True
+    if _dynamo_tracing():
+        return False  # torch.compile: the core is a graph of torch ops; a kernel call would break it
     reason = unsupported_reason(options, xp, y_true, y_pred, kernel_for(xp, y_pred))
     return reason is None and math.prod(y_pred.shape) >= AUTO_THRESHOLD
+
+
+def _dynamo_tracing() -> bool:
+    """True while ``torch.compile`` traces (checked only when torch is already imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.compiler.is_compiling())
