@@ -24,6 +24,10 @@ written): (1) an online log-sum-exp of each side that needs one (logits, or any 
 running maximum and a sum rescaled when the maximum grows; (2) the value, with the gradient written
 directly when ``y_pred`` needs no softmax, else ``Σ g'``; (3) only for a log-softmax ``y_pred``:
 ``g'`` recomputed from the inputs (cheaper than storing and re-reading it) and the final gradient.
+Forward KL in exact mode with a softmax on both sides (distillation from logits) skips pass (3):
+there ``g' = −t`` and ``Σ_j g'_j = −Σ_j t_j = −1``, so pass (2) writes the gradient
+``(softmax_k − t_k) / T`` itself (``SUM_G_IS_MINUS_ONE``; it differs from the summed form by
+rounding only).
 Accumulation is float32 for float16 / bfloat16 / float32 inputs and float64 for float64; row
 offsets are int64 (``rows × vocab`` may exceed 2³¹).
 """
@@ -229,6 +233,7 @@ def fused_rows_kernel(
     CLIP: tl.constexpr,
     TRUE_LSE: tl.constexpr,
     PRED_LSE: tl.constexpr,
+    SUM_G_IS_MINUS_ONE: tl.constexpr,
     HAS_KEEP: tl.constexpr,
     WANT_GRAD: tl.constexpr,
     ACC: tl.constexpr,
@@ -267,14 +272,17 @@ def fused_rows_kernel(
             # fmt: on
             total += term
             if WANT_GRAD:
-                if PRED_LSE:
+                if PRED_LSE and SUM_G_IS_MINUS_ONE:
+                    out = _softmax_grad(g, xp, -1.0, p_lse, inv_t * scale, PRED_FORMAT, CLIP, epsilon, inv_t)
+                    tl.store(g_row + offsets, out.to(grad_ptr.dtype.element_ty), mask=inside)
+                elif PRED_LSE:
                     g_sum += g
                 else:  # b = log p: ∂ℓ/∂p = g / p (0 where g is 0); b = u: ∂ℓ/∂u = g
                     out = tl.where(g != 0.0, g / xp, g) if PRED_FORMAT == "probs" else g
                     out = out * scale
                     tl.store(g_row + offsets, out.to(grad_ptr.dtype.element_ty), mask=inside)
         tl.store(values_ptr + row, tl.sum(total, axis=0).to(values_ptr.dtype.element_ty))
-        if WANT_GRAD and PRED_LSE:
+        if WANT_GRAD and PRED_LSE and not SUM_G_IS_MINUS_ONE:
             sum_g = tl.sum(g_sum, axis=0)
             for start in range(0, n, BLOCK):
                 offsets = start + tl.arange(0, BLOCK)

@@ -152,6 +152,7 @@ def fused_rows_triton(
         CLIP=epsilon > 0,
         TRUE_LSE=true_lse,
         PRED_LSE=pred_lse,
+        SUM_G_IS_MINUS_ONE=beta is None and direction == "forward" and epsilon == 0 and true_lse and pred_lse,
         HAS_KEEP=keep is not None,
         WANT_GRAD=bool(want_grad),
         ACC=accumulator,
