@@ -167,6 +167,8 @@ class _Prepared:
             return 1.0 / num_items
         if reduction == "batchmean":
             return 1.0 / losses_shape[0] if losses_shape and losses_shape[0] else 1.0
+        if self.keep is not None and self.xp is not np and self.y_pred.device.type != "cpu":
+            return 1.0  # counting the mask would synchronise with the device; CUDA rescales anyway
         count = (
             math.prod(losses_shape)
             if self.keep is None
