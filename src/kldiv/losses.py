@@ -236,9 +236,9 @@ def kl_divergence(
             are masked out (token-level distillation).
         ignore_index: the label value to mask (``-100``, as PyTorch and Hugging Face).
         validate: check the input values (NaN, range, rows summing to 1, equal shapes).
-        backend: ``"auto"`` (the fused Numba kernel for large NumPy / CPU torch inputs when
-            Numba is installed, else the core), ``"numba"`` or ``"core"``; see
-            :mod:`kldiv.kernels.dispatch`. Results agree to float32 rounding.
+        backend: ``"auto"`` (a fused kernel for large inputs: Numba for NumPy / CPU torch, Triton
+            for CUDA torch, when installed; else the core), ``"numba"``, ``"triton"`` or
+            ``"core"``; see :mod:`kldiv.kernels.dispatch`. Results agree to float32 rounding.
 
     Returns:
         The per-sample loss, shape ``[batch, d0, .., dN-1]``, in the caller's array type.
