@@ -6,22 +6,30 @@ KL(t‖p) of fp32 softmax rows, mean over rows (Keras' ``sum_over_batch_size``, 
 * ``forward``: the loss value. kldiv (``backend="numba"``, the fused kernel, and ``backend="core"``)
   on NumPy arrays and on CPU torch tensors; the NumPy formula (clipped as Keras), SciPy
   ``rel_entr``, PyTorch ``F.kl_div`` (from probabilities: ``F.kl_div(p.log(), t)``, and from given
-  log-probabilities), JAX ``jit`` of the formula, optax ``kl_divergence`` (``jit``, log-probabilities
-  given), tf_keras ``KLDivergence`` (in ``tf.function`` and eager), Keras 3 ``KLDivergence`` (eager,
-  on the backend loaded in this process).
+  log-probabilities), JAX ``jit`` of the formula (plain — the fastest JAX, used by the targets — and
+  clipped as Keras), optax ``kl_divergence`` (``jit``, log-probabilities given), tf_keras
+  ``KLDivergence`` (in ``tf.function`` and eager), Keras 3 ``KLDivergence`` (eager, on the backend
+  loaded in this process).
 * ``backward``: the value and the gradient w.r.t. ``y_pred``: kldiv on torch tensors
   (``loss.backward()``), PyTorch autograd of ``F.kl_div``, ``jax.jit(jax.value_and_grad)``, optax
   likewise, ``tf.GradientTape`` (tf_keras in ``tf.function`` and eager, Keras 3).
 
-Machine floors, measured in the same run (Numba, all cores): reading both inputs once; reading both
-and writing one array (the floor of a forward+backward pass); one vectorized ``log`` per element on
+Machine floors, measured in the same run (Numba, all cores, float32 sums so that loops vectorize):
+reading both inputs once; reading both and writing one preallocated array (the floor of a
+forward+backward pass), and the same into a new array each call (its page faults included, as any
+implementation that returns a new gradient pays them); one vectorized ``log`` per element on
 cache-resident blocks (:func:`kldiv.kernels._fastmath.logf`).
 
 Every figure is the median of ``repeats`` timings (``time.perf_counter``) after ``warmup`` calls
 (compilation, caches), with the implementations interleaved: each repetition runs every
-implementation once, round-robin, so that drift of the machine hits all of them alike. With
-``memory=True`` each case also runs in a fresh process that reports its peak resident memory.
-Peers that are not installed are skipped (and named). Nothing here asserts a time.
+implementation once, round-robin, so that drift of the machine hits all of them alike. What a call
+returns is released after the clock stops. Peers that are not installed are skipped (and named).
+Nothing here asserts a time.
+
+With ``memory=True`` each case also runs in a fresh process (Linux ``/proc/self/status``):
+``peak_extra_mb`` is its peak resident memory (``VmHWM``: imports, framework copies of the inputs,
+compilation and the call) minus that of a process that only allocates the inputs; ``op_peak_mb`` is
+the peak during one warm call (reset with ``clear_refs``) minus the resident memory before it.
 
 :func:`run_benchmark` is the harness (``benchmarks/bench_kl.py`` calls it); :func:`bench_command`
 is ``kldiv bench``. Frameworks are imported only when a case that needs them is built.
@@ -52,7 +60,7 @@ DEFAULT_SIZES = ((32, 1000), (1024, 32000), (4096, 32000), (2048, 128256))
 MODES = ("forward", "backward")
 MODE_TITLES = {"forward": "forward", "backward": "forward+backward"}
 PEERS = ("numpy", "scipy", "torch", "jax", "optax", "tf_keras", "keras")
-EPSILON = 1e-7  # Keras' clip, used by the NumPy and JAX formulas
+EPSILON = 1e-7  # Keras' clip, used by the NumPy formula and the clipped JAX formula
 LOG_BLOCK = 2048  # floats per cache-resident block of the log floor
 LOG_BLOCKS = 8  # blocks cycled through by the log floor (64 KiB in all)
 LARGE = 1 << 20  # elements from which the bandwidth targets are checked
@@ -246,20 +254,24 @@ def _torch_kl_div(given: str, mode: str) -> Callable[[Inputs], Case]:
 def _jax_formula(t: Any, p: Any) -> Any:
     import jax.numpy as jnp
 
-    t = jnp.clip(t, EPSILON, 1.0)
-    p = jnp.clip(p, EPSILON, 1.0)
     return jnp.mean(jnp.sum(t * jnp.log(t / p), axis=-1))
 
 
-def _jax(mode: str) -> Callable[[Inputs], Case]:
+def _jax_formula_clipped(t: Any, p: Any) -> Any:
+    """The formula with Keras' clip. XLA's CPU code for ``clip`` (``min``/``max`` with NaN rules)
+    does not vectorize: several times slower than the plain formula, hence both are measured."""
+    import jax.numpy as jnp
+
+    return _jax_formula(jnp.clip(t, EPSILON, 1.0), jnp.clip(p, EPSILON, 1.0))
+
+
+def _jax(mode: str, clip: bool = False) -> Callable[[Inputs], Case]:
     def build(inputs: Inputs) -> Case:
         import jax
 
         t, p = inputs.jax("t"), inputs.jax("p")
-        if mode == "forward":
-            f = jax.jit(_jax_formula)
-        else:
-            f = jax.jit(jax.value_and_grad(_jax_formula, argnums=1))
+        formula = _jax_formula_clipped if clip else _jax_formula
+        f = jax.jit(formula if mode == "forward" else jax.value_and_grad(formula, argnums=1))
         return Case(lambda: _sync_jax(f(t, p)))
 
     return build
@@ -460,7 +472,9 @@ def implementations(keras_backend_name: str | None = None) -> list[Implementatio
         I("torch_kl_div", "PyTorch autograd, F.kl_div(p.log(), t)", "torch", B, _torch_kl_div("probs", B)),
         I("torch_kl_div_log", "PyTorch autograd, F.kl_div (log-probs)", "torch", B, _torch_kl_div("log", B)),
         I("jax_jit", "JAX jit(formula)", "jax", F, _jax(F)),
+        I("jax_jit_clip", "JAX jit(formula), clip as Keras", "jax", F, _jax(F, clip=True)),
         I("jax_jit", "JAX jit(value_and_grad(formula))", "jax", B, _jax(B)),
+        I("jax_jit_clip", "JAX jit(value_and_grad), clip as Keras", "jax", B, _jax(B, clip=True)),
         I("optax", "optax kl_divergence, jit (log-probs given)", "optax", F, _optax(F)),
         I("optax", "optax jit(value_and_grad) (log-probs given)", "optax", B, _optax(B)),
         I("tf_keras_function", "tf_keras KLDivergence, tf.function", "tf_keras", F, _tf_keras(F, True)),
