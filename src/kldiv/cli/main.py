@@ -2,7 +2,9 @@
 
 Every error, argparse's included, is reported as one line ``kldiv: error: <message>`` on stderr
 with exit status 2. Subcommands dispatch in :func:`main` on ``argv[0]`` before the default command
-:func:`divergence_command`: ``kldiv bench`` (:mod:`kldiv.cli.bench`, imported only then).
+:func:`divergence_command`: ``kldiv bench`` (:mod:`kldiv.cli.bench`, imported only then) and
+``kldiv bench fused-linear`` (:mod:`kldiv.cli.bench_fused`: fused linear + KL/JSD against the naive
+PyTorch path, memory, time and accuracy).
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ EXIT_ERROR = 2
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``kldiv`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:2] == ["bench", "fused-linear"]:
+        from .bench_fused import bench_fused_command
+
+        try:
+            return bench_fused_command(args[2:])
+        except (ValueError, TypeError, OSError) as exc:
+            return fail(exc)
     if args[:1] == ["bench"]:
         from .bench import bench_command
 

@@ -46,6 +46,11 @@ output:
   "value": ..., "options": {...}, "dtype": ...} with full-precision values (non-finite values as
   NaN / Infinity, as Python's json module writes them); --precision does not apply to it.
 
+benchmarks:
+  kldiv bench [options]               KL of softmax rows: kldiv vs NumPy, SciPy, PyTorch, JAX, ...
+  kldiv bench fused-linear [options]  fused linear + KL/JSD vs the naive PyTorch path: peak memory,
+                                      time, --accuracy vs float64, --device cuda (+ Liger-Kernel)
+
 exit status:
   0 on success; 2 on any error, reported on one line of stderr as "kldiv: error: <message>"."""
 

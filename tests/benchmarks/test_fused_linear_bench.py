@@ -1,0 +1,293 @@
+"""``kldiv bench fused-linear`` (and ``benchmarks/fused_linear_memory.py``): structure of the report,
+the skip logic, the CUDA mode's absence handling and the accuracy figures; never a time.
+
+One subprocess runs the command end to end at a tiny size (two case processes, a few seconds each);
+the rest is in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kldiv.cli import bench_fused  # noqa: E402
+from kldiv.cli.main import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULT_FIELDS = {
+    "impl",
+    "bt",
+    "hidden",
+    "vocab",
+    "dtype",
+    "teacher",
+    "device",
+    "warmup",
+    "repeats",
+    "loss",
+    "peak_extra_mib",
+    "grads_mib",
+    "temporaries_mib",
+    "median_ms",
+    "times_ms",
+    "predicted_step_s",
+}
+
+
+def _console_script() -> list[str]:
+    script = Path(sys.executable).with_name("kldiv")
+    found = str(script) if script.exists() else shutil.which("kldiv")
+    return [found] if found else [sys.executable, "-m", "kldiv"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("fused")
+    command = [
+        *_console_script(),
+        "bench",
+        "fused-linear",
+        "--sizes",
+        "16x8x64",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        str(out / "report.json"),
+        "--markdown",
+        str(out / "report.md"),
+        "--plain",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    return done, out
+
+
+def test_command_runs_end_to_end(tiny_run):
+    done, out = tiny_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "measurements (cpu)" in done.stdout
+    assert "kldiv-kl / naive-kl" in done.stdout
+    assert "matmul probe float32" in done.stderr
+    markdown = (out / "report.md").read_text()
+    assert "| 16x8x64 | float32 | kldiv-kl / naive-kl |" in markdown
+
+
+def test_json_report_fields(tiny_run):
+    done, out = tiny_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert {"config", "machine", "matmul_probe", "constants", "results", "comparisons", "targets"} <= set(
+        report
+    )
+    assert report["command"].startswith("kldiv bench fused-linear")
+    assert report["config"]["sizes"] == [[16, 8, 64]]
+    assert report["constants"]["naive_logit_copies"] == bench_fused.NAIVE_LOGIT_COPIES
+    assert [r["impl"] for r in report["results"]] == ["naive-kl", "kldiv-kl"]
+    for record in report["results"]:
+        assert set(record) >= RESULT_FIELDS, record
+        assert len(record["times_ms"]) == 2
+        assert record["grads_mib"] == pytest.approx((16 * 8 + 64 * 8) * 4 / 2**20)
+    naive, fused = report["results"]
+    assert fused["loss"] == pytest.approx(naive["loss"], rel=1e-5)
+    (comparison,) = report["comparisons"]
+    assert comparison["ratio"] == "kldiv-kl / naive-kl"
+    assert {"memory_ratio", "temporaries_ratio", "time_ratio", "loss_difference"} <= set(comparison)
+    assert comparison["time_ratio"] > 0
+    assert report["targets"] == []  # the targets are checked at the issue's sizes only
+
+
+def test_script_is_a_thin_wrapper():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fused_linear_memory.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "kldiv bench fused-linear" in done.stdout
+    assert "--grid" in done.stdout and "--accuracy" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes, estimates and skips
+
+
+def test_grid_is_the_issue_grid():
+    grid = bench_fused.grid_sizes()
+    assert len(grid) == 6
+    assert {bt for bt, _, _ in grid} == {1024, 4096, 8192}
+    assert {v for _, _, v in grid} == {32000, 128256}
+    assert {h for _, h, _ in grid} == {1024}
+    args = bench_fused.build_parser().parse_args(["--grid"])
+    config = bench_fused.make_config(args)
+    assert config["sizes"] == grid and config["dtypes"] == ["float32", "bfloat16"]
+    assert config["impls"] == ["naive-kl", "kldiv-kl"] and config["teacher"] == "logits"
+
+
+def test_memory_estimate_skips_what_does_not_fit(monkeypatch):
+    monkeypatch.setattr(bench_fused, "available_memory", lambda: 4 * 2**30)
+    need = bench_fused.estimate_bytes("naive-kl", 8192, 1024, 128256, "float32", "logits")
+    # logits-sized temporaries dominate: at least NAIVE_LOGIT_COPIES x BT x V x 4 bytes
+    assert need > bench_fused.NAIVE_LOGIT_COPIES["naive-kl"] * 8192 * 128256 * 4
+    reason = bench_fused.memory_skip_reason("naive-kl", 8192, 1024, 128256, "float32", "logits")
+    assert reason == f"would need ~{need / 2**30:.1f} GiB, machine has 4.0 GiB available"
+    assert bench_fused.memory_skip_reason("kldiv-kl", 1024, 1024, 32000, "float32", "logits") is None
+    monkeypatch.setattr(bench_fused, "available_memory", lambda: None)  # unknown: never skip
+    assert bench_fused.memory_skip_reason("naive-kl", 8192, 1024, 128256, "float32", "logits") is None
+
+
+def test_skipped_cases_are_recorded_not_run(monkeypatch, capsys):
+    monkeypatch.setattr(bench_fused, "available_memory", lambda: 2**20)  # 1 MiB: nothing fits
+    monkeypatch.setattr(bench_fused, "_run_child", lambda *a: pytest.fail("a case was started"))
+    config = bench_fused.make_config(
+        bench_fused.build_parser().parse_args(["--sizes", "16x8x64", "--dtypes", "float32,bfloat16"])
+    )
+    report = bench_fused.run_benchmark(config, stream=sys.stderr)
+    assert len(report["results"]) == 4
+    for record in report["results"]:
+        assert record["skipped"].startswith("would need ~")
+        assert record["skipped"].endswith("machine has 0.0 GiB available")
+    assert all("missing" in row for row in report["comparisons"])
+    assert "skipped: would need" in capsys.readouterr().err
+    bench_fused.print_report(report, sys.stdout, use_rich=False)
+    assert "machine has 0.0 GiB available" in capsys.readouterr().out
+    assert "would need" in bench_fused.markdown(report)
+
+
+def test_time_estimate_skips_what_would_time_out():
+    assert bench_fused.time_skip_reason(None, 3, 10.0, "float32") is None
+    assert bench_fused.time_skip_reason(2.0, 3, 10.0, "float32") is None
+    reason = bench_fused.time_skip_reason(50.0, 4, 100.0, "bfloat16")
+    assert reason == (
+        "would take ~200 s (4 steps of ~50 s of bfloat16 matmuls at the probed rate), over the 100 s timeout"
+    )
+    flops = bench_fused.step_flops(4096, 1024, 32000, "logits")
+    assert flops == 3 * 2 * 4096 * 1024 * 32000
+
+
+def test_case_timeout_is_recorded():
+    spec = {
+        "impl": "naive-kl",
+        "bt": 16,
+        "hidden": 8,
+        "vocab": 64,
+        "dtype": "float32",
+        "teacher": "logits",
+        "device": "cpu",
+        "warmup": 1,
+        "repeats": 1,
+        "seed": 0,
+    }
+    record = bench_fused._run_child(spec, 0.05)
+    assert record["error"] == "timed out after 0.05 s"
+    assert record["impl"] == "naive-kl"
+
+
+def test_argument_errors():
+    assert main(["bench", "fused-linear", "--grid", "--sizes", "16x8x64"]) == 2
+    assert main(["bench", "fused-linear", "--sizes", "16x8"]) == 2
+    assert main(["bench", "fused-linear", "--impls", "naive-kl,nope"]) == 2
+    assert main(["bench", "fused-linear", "--warmup", "-1"]) == 2
+    assert main(["bench", "fused-linear", "--impls", "liger-jsd", "--teacher", "logits"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The CUDA mode without CUDA
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_cuda_without_cuda_skips_clearly(tmp_path, capsys):
+    path = tmp_path / "gpu.json"
+    assert main(["bench", "fused-linear", "--device", "cuda", "--json", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "kldiv bench fused-linear: skipped: CUDA is not available" in err
+    report = json.loads(path.read_text())
+    assert report["skipped"].startswith("CUDA is not available")
+    assert report["config"]["impls"] == list(bench_fused.IMPLS)  # naive, kldiv KL/JSD, liger
+    assert report["config"]["teacher"] == "hidden"
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        bench_fused.run_case({"impl": "naive-jsd", "device": "cuda"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_gpu_script_without_cuda(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_fused_linear.py"),
+            "--json",
+            str(tmp_path / "g.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "skipped: CUDA is not available" in done.stderr
+
+
+def test_liger_absent_is_reported():
+    liger, why = bench_fused.liger_jsd()
+    if liger is not None:
+        pytest.skip("liger_kernel is installed")
+    assert why.startswith("liger_kernel is not importable")
+    with pytest.raises(RuntimeError, match="liger_kernel is not importable"):
+        bench_fused.make_loss("liger-jsd")
+
+
+def test_every_cpu_implementation_with_a_hidden_teacher():
+    """The GPU mode's programs (teacher as hidden + weight), run on the CPU: equal values."""
+    values = {}
+    for impl in ("naive-kl", "kldiv-kl", "naive-jsd", "kldiv-jsd"):
+        inputs = bench_fused.make_inputs(16, 8, 64, torch.float32, "cpu", "hidden", seed=3)
+        loss = bench_fused.make_loss(impl)(inputs)
+        loss.backward()
+        assert inputs["hidden"].grad is not None and inputs["weight"].grad is not None
+        values[impl] = float(loss.detach())
+    assert values["kldiv-kl"] == pytest.approx(values["naive-kl"], rel=1e-5)
+    assert values["kldiv-jsd"] == pytest.approx(values["naive-jsd"], rel=1e-5)
+    assert 0 < values["naive-jsd"] < 0.6931472  # JS_0.5 <= log 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("impl", ["kldiv-kl", "kldiv-jsd", "naive-kl", "naive-jsd"])
+def test_accuracy_below_targets(impl, dtype):
+    record = bench_fused.accuracy_case(impl, 32, 16, 256, dtype, "logits", seed=0)
+    assert record["target"] == bench_fused.ACCURACY_TARGETS[dtype]
+    assert record["met"], record
+    for key in ("loss_rel_error", "grad_hidden_norm_rel_error", "grad_weight_norm_rel_error"):
+        assert record[key] <= record["target"], (key, record)
+    # elementwise maxima over |g64| > 1e-3 max: reported, looser (cancellation near the threshold;
+    # bfloat16 gradients are rounded to 8 bits, so small entries can be off by their own size)
+    for key in ("grad_hidden_max_rel_error", "grad_weight_max_rel_error"):
+        assert math.isfinite(record[key])
+        if dtype == "float32":
+            assert record[key] <= 100 * record["target"], (key, record)
+
+
+def test_accuracy_command(tmp_path, capsys):
+    path = tmp_path / "accuracy.json"
+    argv = ["bench", "fused-linear", "--accuracy", "--sizes", "16x8x64", "--plain", "--json", str(path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "relative error vs the float64 naive program" in out
+    report = json.loads(path.read_text())
+    assert [(r["impl"], r["dtype"]) for r in report["accuracy"]] == [
+        (impl, dtype) for dtype in ("float32", "bfloat16") for impl in bench_fused.ACCURACY_IMPLS
+    ]
+    assert all(r["met"] for r in report["accuracy"] if r["impl"].startswith("kldiv"))
