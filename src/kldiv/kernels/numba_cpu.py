@@ -33,13 +33,14 @@ import numpy as np
 from numba import njit, prange
 
 from ..core import grads
-from ._fastmath import FASTMATH, fast_exp, fast_log, like
+from ._fastmath import FASTMATH, fast_exp, fast_log, fast_log_normal, like
 
 PROBS, LOG_PROBS, LOGITS = 0, 1, 2
 FORMAT_CODES = {"probs": PROBS, "log_probs": LOG_PROBS, "logits": LOGITS}
 FORWARD, REVERSE, SYMMETRIC, JENSEN_SHANNON = 0, 1, 2, 3
 DIRECTION_CODES = {"forward": FORWARD, "reverse": REVERSE, "symmetric": SYMMETRIC}
 BLOCK = 512
+SMALLEST_NORMAL_FLOAT32 = float(np.finfo(np.float32).tiny)
 
 _inline = njit(inline="always", fastmath=FASTMATH, cache=True)
 forward_term = _inline(grads.forward_term)
@@ -181,11 +182,53 @@ def general_kernel(
                 grad[r, i] = value
 
 
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def _clipped_forward_block(t_row, p_row, start, stop, low, grad_row, scale, want_grad):
+    """Keras mode with ``ε ≥`` the smallest normal float: ``t/p ∈ [ε, 1/ε]`` is positive, normal and
+    finite, so the log needs no special-value handling (the loop is only arithmetic)."""
+    block_total = like(low, 0.0)
+    high = like(low, 1.0)
+    if want_grad:
+        for i in range(start, stop):
+            t_i = _clip(t_row[i], low, high)
+            p_raw = p_row[i]
+            p_i = _clip(p_raw, low, high)
+            ratio = t_i / p_i
+            block_total += t_i * fast_log_normal(ratio)
+            grad_row[i] = -ratio * scale if p_i == p_raw else like(ratio, 0.0)
+    else:
+        for i in range(start, stop):
+            t_i = _clip(t_row[i], low, high)
+            block_total += t_i * fast_log_normal(t_i / _clip(p_row[i], low, high))
+    return block_total
+
+
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def _any_forward_block(t_row, p_row, start, stop, epsilon, grad_row, scale, want_grad):
+    """Exact mode (ε = 0: ``0·log 0 = 0``, ``log(t/0) = inf``) or a subnormal ε: the full log."""
+    exact = epsilon == 0.0
+    block_total = like(scale, 0.0)
+    for i in range(start, stop):
+        t_i, p_i = t_row[i], p_row[i]
+        if not exact:
+            t_i = _clip(t_i, epsilon, 1.0)
+            p_i = _clip(p_i, epsilon, 1.0)
+        ratio = t_i / p_i
+        term = t_i * fast_log(ratio)
+        if exact and t_i == 0.0:
+            term = like(term, 0.0)
+            ratio = like(ratio, 0.0)
+        block_total += term
+        if want_grad:
+            grad_row[i] = -ratio * scale if p_i == p_row[i] else like(ratio, 0.0)
+    return block_total
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def forward_probs_kernel(t, p, coef, keep, values, grad, epsilon, want_grad):
     """Forward KL of probabilities, ``T = 1``: Keras' program ``t·log(t/p)``, ``∂/∂p = −t/p``."""
     rows, n = p.shape
-    exact = epsilon == 0.0
+    normal_clip = epsilon >= SMALLEST_NORMAL_FLOAT32
     for r in prange(rows):
         if keep[r] == 0:
             values[r] = 0.0
@@ -193,24 +236,16 @@ def forward_probs_kernel(t, p, coef, keep, values, grad, epsilon, want_grad):
                 grad[r, :] = 0.0
             continue
         t_row, p_row = t[r], p[r]
+        grad_row = grad[r] if want_grad else grad[0]
         scale = like(p_row[0], coef[r])
+        low = like(p_row[0], epsilon)
         total = 0.0
         for start in range(0, n, BLOCK):
-            block_total = like(p_row[0], 0.0)
-            for i in range(start, min(start + BLOCK, n)):
-                t_i, p_i = t_row[i], p_row[i]
-                if not exact:
-                    t_i = _clip(t_i, epsilon, 1.0)
-                    p_i = _clip(p_i, epsilon, 1.0)
-                ratio = t_i / p_i
-                term = t_i * fast_log(ratio)
-                if exact and t_i == 0.0:
-                    term = like(term, 0.0)
-                    ratio = like(ratio, 0.0)
-                block_total += term
-                if want_grad:
-                    grad[r, i] = -ratio * scale if p_i == p_row[i] else like(ratio, 0.0)
-            total += block_total
+            stop = min(start + BLOCK, n)
+            if normal_clip:
+                total += _clipped_forward_block(t_row, p_row, start, stop, low, grad_row, scale, want_grad)
+            else:
+                total += _any_forward_block(t_row, p_row, start, stop, epsilon, grad_row, scale, want_grad)
         values[r] = total
 
 
