@@ -178,17 +178,28 @@ def test_float16_is_computed_in_float32_by_the_kernel():
 
 
 def test_auto_uses_the_kernel_only_for_large_inputs(monkeypatch):
-    from kldiv.kernels import fused
+    from kldiv.kernels import dispatch, fused
 
     calls = []
-    original = fused.per_sample_numpy
-    monkeypatch.setattr(fused, "per_sample_numpy", lambda *a: calls.append(1) or original(*a))
-    small = np.full((4, 4), 0.25, dtype=np.float32)
-    kldiv.kl_divergence(small, small)
-    assert calls == []
-    large = np.full((64, 1024), 1 / 1024, dtype=np.float32)
-    kldiv.kl_divergence(large, large)
-    assert calls == [1]
+    original_numpy, original_torch = fused.per_sample_numpy, fused.per_sample_torch
+    monkeypatch.setattr(fused, "per_sample_numpy", lambda *a: calls.append("numpy") or original_numpy(*a))
+    monkeypatch.setattr(fused, "per_sample_torch", lambda *a: calls.append("torch") or original_torch(*a))
+
+    def uniform(elements):
+        return np.full((elements // 128, 128), 1 / 128, dtype=np.float32)
+
+    for elements, expected in (
+        (dispatch.AUTO_THRESHOLD_NUMPY - 128, []),
+        (dispatch.AUTO_THRESHOLD_NUMPY, ["numpy"]),
+    ):
+        calls.clear()
+        kldiv.kl_divergence(uniform(elements), uniform(elements))
+        assert calls == expected, elements
+    for elements, expected in ((dispatch.AUTO_THRESHOLD - 128, []), (dispatch.AUTO_THRESHOLD, ["torch"])):
+        calls.clear()
+        x = torch.from_numpy(uniform(elements))
+        kldiv.kl_divergence(x, x)
+        assert calls == expected, elements
 
 
 def test_second_backward_through_the_same_graph_recomputes():
