@@ -30,7 +30,13 @@ time is estimated from a matmul throughput probe of each dtype (``3 × 2·BT·H�
 A case that would not fit, or would run past ``--timeout``, is skipped with the reason recorded
 ("would need ~X GiB, machine has Y GiB available"); a case that runs past ``--timeout`` anyway is
 killed and recorded as "timed out after N s". On CPUs without AMX / AVX512-BF16, PyTorch's bfloat16
-matmul is much slower than its float32 one: the probe's figures are printed and kept in the report.
+matmuls are much slower than its float32 ones, and unevenly so: on an AVX2 AMD EPYC (torch 2.13),
+``[256, 2048] @ [2048, 1024]`` (the layout of ``grad_hidden = g @ W``) ran at 0.6 GFLOP/s in bfloat16
+against 34 GFLOP/s in float32, and a naive bfloat16 step at BT=256, H=1024, V=32000 took 107 s. The
+probe therefore times a whole forward + backward of a linear layer; its figures are printed and
+kept in the report. The time estimate is optimistic (about 3x short for that bfloat16 case, whose
+reduction over V = 32000 is slower than the probe's): it skips what cannot finish, the timeout
+catches the rest.
 
 **Accuracy** (``--accuracy``). In-process, small sizes: the relative error of the loss and of the
 gradients w.r.t. the hidden states and the weight, for each implementation and dtype, against the
@@ -62,7 +68,7 @@ GRID_HIDDEN = 1024
 GRID_VOCAB = (32000, 128256)
 GRID_DTYPES = ("float32", "bfloat16")
 DEFAULT_SIZES = ((1024, 1024, 32000), (4096, 1024, 32000))
-ACCURACY_SIZES = ((256, 256, 4096), (512, 1024, 32000))
+ACCURACY_SIZES = ((256, 256, 4096), (128, 1024, 32000))
 DTYPES = ("float32", "bfloat16")
 DEVICES = ("cpu", "cuda")
 TEACHERS = ("logits", "hidden")
@@ -85,20 +91,22 @@ SMALL_BT = 1024
 SMALL_VOCAB = 32000  # the no-slowdown target is checked at BT <= SMALL_BT and V >= SMALL_VOCAB
 
 # Peak temporaries of one naive forward + backward step, in float32 [BT, V] arrays, gradients of the
-# parameters excluded (the peak RSS above the baseline, minus the gradients, over BT·V·4 bytes).
-# Measured with this module (`--sizes 512x1024x32000`, CPU, torch 2.13): naive-kl 4.0 in float32
-# and 3.5 in bfloat16 (teacher as logits), naive-jsd 6.0 in float32; rounded up, plus one for the
-# teacher's logits when it is given as hidden states + weight.
-NAIVE_LOGIT_COPIES = {"naive-kl": 5.0, "naive-jsd": 7.0}
+# parameters excluded: (peak RSS above the baseline − gradients) / (BT·V·4 bytes). Measured with
+# this module on CPU, torch 2.13, `--sizes 512x1024x32000 --impls naive-kl,naive-jsd`, teacher as
+# logits: naive-kl 4.0 (377 MiB peak − 127 MiB gradients over 62.5 MiB), naive-jsd 8.0 (627 MiB).
+# Rounded up by one (plus one more for the teacher's logits when it is hidden states + weight).
+# bfloat16 adds float32 copies of the weight in the matmuls (at 256x1024x32000 the peak, 250 MiB,
+# is the same for naive and kldiv): covered by counting bfloat16 gradients three times.
+NAIVE_LOGIT_COPIES = {"naive-kl": 5.0, "naive-jsd": 9.0}
 # kldiv's chunks: at most a few memory budgets (kldiv.core.chunking.DEFAULT_MEMORY_BUDGET, 96 MiB).
 FUSED_TEMPORARY_BYTES = 512 * 2**20
 # Imports (torch, Numba, kldiv) and allocator slack of one case process.
 PROCESS_BYTES = 1 * 2**30
 # Skip a case whose estimate exceeds this share of the available memory.
 MEMORY_SAFETY = 0.9
-# Matmul throughput probe: [PROBE_ROWS, H] @ [H, PROBE_VOCAB] in each dtype.
+# Matmul throughput probe: forward + backward of [PROBE_ROWS, H] @ [H, PROBE_VOCAB] in each dtype.
 PROBE_ROWS = 256
-PROBE_VOCAB = 8192
+PROBE_VOCAB = 4096
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,9 +207,9 @@ def matmul_probe(
     dtypes: Sequence[str], hidden: int, vocab: int = PROBE_VOCAB, seed: int = 0
 ) -> dict[str, dict[str, float]]:
     """GFLOP/s of the three matmuls of a linear layer's forward + backward, ``[R, H] @ [H, V]`` and
-    the two products of its backward (each layout has its own speed), in each dtype on the CPU (best
-    of 3, ``R = PROBE_ROWS``); the run probes ``H = min(largest H, 1024)``, ``V = min(largest V,
-    PROBE_VOCAB)``."""
+    the two products of its backward (each layout has its own speed), in each dtype on the CPU
+    (best of 2 after a warm-up, ``R = PROBE_ROWS``); the run probes ``H = min(largest H, 1024)``,
+    ``V = min(largest V, PROBE_VOCAB)``."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -212,7 +220,7 @@ def matmul_probe(
         b = torch.randn(vocab, hidden, generator=generator).to(dtype).requires_grad_()
         g = torch.randn(PROBE_ROWS, vocab, generator=generator).to(dtype)
         best = math.inf
-        for attempt in range(4):  # the first is a warm-up
+        for attempt in range(3):  # the first is a warm-up
             a.grad = b.grad = None
             start = time.perf_counter()
             (a @ b.T).backward(g)
@@ -829,7 +837,7 @@ def build_parser() -> Any:
         "--sizes",
         type=_argument(parse_sizes),
         metavar="BTxHxV,...",
-        help="sizes (default: 1024x1024x32000,4096x1024x32000; with --accuracy 256x256x4096,512x1024x32000)",
+        help="sizes (default: 1024x1024x32000,4096x1024x32000; with --accuracy 256x256x4096,128x1024x32000)",
     )
     parser.add_argument(
         "--grid",
