@@ -86,6 +86,7 @@ def fused_rows_triton(
     epsilon: float,
     temperature: float,
     want_grad: bool,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     r"""Per-row divergence ``[rows]`` and, if asked, ``coef[:, None] · ∂value/∂y_pred``.
 
@@ -106,10 +107,15 @@ def fused_rows_triton(
         epsilon: Keras clip (``> 0``) or exact mode (``0``).
         temperature: ``T > 0``; both sides become ``log_softmax(log x / T)``.
         want_grad: compute the gradient (else only the values).
+        out: where to write the gradient (``y_pred``'s shape and dtype, unit stride along ``n``),
+            or None for a new tensor. It may be ``y_pred`` itself: each tile of a row is read before
+            the same tile is written, so the gradient can overwrite the logits (Liger's in-place
+            trick: no second ``[rows, n]`` buffer).
 
     Returns:
         ``(values, grad)``: values in float32 (float64 for float64 inputs), the gradient in
-        ``y_pred``'s dtype and shape (contiguous), or None without ``want_grad``.
+        ``y_pred``'s dtype and shape (``out`` when given, else contiguous), or None without
+        ``want_grad``.
     """
     _check(y_true, y_pred, true_format, pred_format, direction, beta, epsilon, temperature)
     y_true = y_true if y_true.stride(-1) == 1 else y_true.contiguous()
@@ -117,7 +123,16 @@ def fused_rows_triton(
     rows, n = y_pred.shape
     values_dtype, accumulator = _ACCUMULATORS[y_pred.dtype]
     values = torch.empty(rows, dtype=values_dtype, device=y_pred.device)
-    grad = torch.empty((rows, n), dtype=y_pred.dtype, device=y_pred.device) if want_grad else None
+    grad = None
+    if want_grad and out is not None:
+        if tuple(out.shape) != (rows, n) or out.dtype != y_pred.dtype or (n > 1 and out.stride(-1) != 1):
+            raise ValueError(
+                f"Argument `out`: expected a [{rows}, {n}] {y_pred.dtype} tensor of unit stride along the "
+                f"last axis; received {tuple(out.shape)} {out.dtype} with strides {out.stride()}."
+            )
+        grad = out
+    elif want_grad:
+        grad = torch.empty((rows, n), dtype=y_pred.dtype, device=y_pred.device)
     if rows == 0:
         return values, grad
     if n == 0:
@@ -139,7 +154,7 @@ def fused_rows_triton(
         n,
         y_true.stride(0),
         y_pred.stride(0),
-        n,
+        n if grad is None else grad.stride(0),
         float(epsilon),
         math.log(epsilon) if epsilon > 0 else 0.0,
         inv_t,
