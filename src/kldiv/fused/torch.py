@@ -59,7 +59,7 @@ class _Config:
     reduction: str
     rows_per_chunk: int
     topk_format: str
-    use_kernel: bool  # the fused Numba kernel computes each chunk (CPU, float32/64, dense teacher)
+    kernel: str | None  # "numba" (CPU), "triton" (CUDA) or None: autograd through the core
 
 
 @dataclass
@@ -136,48 +136,105 @@ def _run(
         if want.get(name):
             # Parameter gradients accumulate in float32; row gradients are written per chunk.
             grads[name] = torch.zeros(tensor.shape, dtype=coef.dtype, device=tensor.device)
+    workspace = _Workspace(config, inputs, any(want.values()))
     for start, stop in chunking.chunks(rows, config.rows_per_chunk):
-        _run_chunk(config, inputs, coef, keep, want, values, grads, start, stop)
+        _run_chunk(config, inputs, coef, keep, want, values, grads, slice(start, stop), workspace)
     return values, grads
 
 
-def _student_logits(inputs: _Inputs, chunk: slice) -> torch.Tensor:
+class _Workspace:
+    """Chunk-sized buffers reused by every chunk of a kernel pass (no allocation per chunk): the
+    student's logits, which the Triton kernel overwrites with their gradient, and the teacher's
+    logits when they are formed from hidden states (given teacher logits are read in place)."""
+
+    def __init__(self, config: _Config, inputs: _Inputs, want_grad: bool) -> None:
+        self.student = self.teacher = None
+        if config.kernel is None:
+            return
+        # The kernels read the student's dtype (Triton reads float16 / bfloat16 as they are).
+        source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
+        rows, dtype, device = min(config.rows_per_chunk, source.shape[0]), source.dtype, source.device
+        vocab = source.shape[-1] if inputs.student_logits is not None else inputs.student_weight.shape[0]
+        if inputs.student_logits is None or (config.kernel == "triton" and want_grad):
+            self.student = torch.empty((rows, vocab), dtype=dtype, device=device)
+        if inputs.teacher_hidden is not None:  # formed in the teacher's dtype, cast per chunk
+            self.teacher = torch.empty((rows, vocab), dtype=inputs.teacher_hidden.dtype, device=device)
+
+
+def _linear_into(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None
+) -> torch.Tensor:
+    """``hidden @ weight.T + bias`` written into ``out[:rows]`` (a new tensor when ``out`` is None)."""
+    same = out is not None and hidden.dtype == weight.dtype == out.dtype
+    if not same or (bias is not None and bias.dtype != out.dtype):
+        return _linear(hidden, weight, bias)
+    out = out[: hidden.shape[0]]
+    if bias is None:
+        return torch.mm(hidden.detach(), weight.detach().T, out=out)
+    return torch.addmm(bias.detach(), hidden.detach(), weight.detach().T, out=out)
+
+
+def _student_logits(inputs: _Inputs, chunk: slice, out: torch.Tensor | None = None) -> torch.Tensor:
     if inputs.student_logits is not None:
         return inputs.student_logits[chunk]
-    return _linear(inputs.student_hidden[chunk], inputs.student_weight, inputs.student_bias)
+    return _linear_into(inputs.student_hidden[chunk], inputs.student_weight, inputs.student_bias, out)
 
 
-def _teacher_logits(inputs: _Inputs, chunk: slice) -> torch.Tensor:
+def _teacher_logits(inputs: _Inputs, chunk: slice, out: torch.Tensor | None = None) -> torch.Tensor:
     if inputs.teacher_logits is not None:
         return inputs.teacher_logits[chunk]
-    return _linear(inputs.teacher_hidden[chunk], inputs.teacher_weight, inputs.teacher_bias)
+    return _linear_into(inputs.teacher_hidden[chunk], inputs.teacher_weight, inputs.teacher_bias, out)
 
 
-def _chunk_by_kernel(config, inputs, coef, keep, want, chunk):
+def _kernel_options(config: _Config) -> dict[str, Any]:
+    options = config.options
+    return {
+        "true_format": "logits",
+        "pred_format": "logits",
+        "direction": options.get("direction", "forward"),
+        "beta": options.get("beta"),
+        "epsilon": options["epsilon"],
+        "temperature": options["temperature"],
+    }
+
+
+def _chunk_by_numba(config, inputs, coef, keep, want, chunk, workspace):
     """Value and ∂/∂student-logits of one chunk from the fused Numba kernel (CPU, one pass)."""
     from ..kernels.numba_cpu import fused_rows
 
-    student = _student_logits(inputs, chunk).detach().contiguous()
-    teacher = _teacher_logits(inputs, chunk).detach().contiguous()
-    options = config.options
+    student = _student_logits(inputs, chunk, workspace.student).detach().contiguous()
+    teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype).contiguous()
     values, grad = fused_rows(
         teacher.numpy(),
         student.numpy(),
         coef[chunk].double().numpy(),
         keep[chunk].numpy(),
-        true_format="logits",
-        pred_format="logits",
-        direction=options.get("direction", "forward"),
-        beta=options.get("beta"),
-        epsilon=options["epsilon"],
-        temperature=options["temperature"],
         want_grad=any(want.values()),
+        **_kernel_options(config),
     )
     gradients = {} if grad is None else {"student": torch.from_numpy(grad)}
     return torch.from_numpy(values), gradients
 
 
-def _chunk_by_autograd(config, inputs, coef, keep, want, chunk):
+def _chunk_by_triton(config, inputs, coef, keep, want, chunk, workspace):
+    """Value and ∂/∂student-logits of one chunk from the Triton kernel in one launch, the gradient
+    written over the chunk's logits buffer (CUDA; CPU tensors under ``TRITON_INTERPRET=1``).
+    float16 / bfloat16 logits are read as they are and accumulated in float32."""
+    from ..kernels.triton import fused_rows_triton
+
+    student = _student_logits(inputs, chunk, workspace.student).detach()
+    teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype)
+    want_grad = any(want.values())
+    out = None
+    if want_grad:  # in place over the formed logits; the given logits are the caller's: a buffer
+        out = student if inputs.student_logits is None else workspace.student[: student.shape[0]]
+    values, grad = fused_rows_triton(
+        teacher, student, coef[chunk], keep[chunk], want_grad=want_grad, out=out, **_kernel_options(config)
+    )
+    return values, {} if grad is None else {"student": grad}
+
+
+def _chunk_by_autograd(config, inputs, coef, keep, want, chunk, workspace):
     """Value and gradients of one chunk by autograd through kldiv's core (any device, every option)."""
     teacher_wants = any(
         want.get(n) for n in ("teacher_logits", "teacher_hidden", "teacher_weight", "teacher_bias")
@@ -200,23 +257,34 @@ def _chunk_by_autograd(config, inputs, coef, keep, want, chunk):
     return per_token.detach(), dict(zip(leaves, gradients, strict=True))
 
 
-def _run_chunk(config, inputs, coef, keep, want, values, grads, start, stop) -> None:
-    chunk = slice(start, stop)
-    compute = _chunk_by_kernel if config.use_kernel else _chunk_by_autograd
-    per_token, gradients = compute(config, inputs, coef, keep, want, chunk)
-    values[chunk] = per_token.to(values.dtype)
+_COMPUTE = {"numba": _chunk_by_numba, "triton": _chunk_by_triton, None: _chunk_by_autograd}
+
+
+def _add_matmul(accumulator: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``accumulator += a @ b`` in place (float16 / bfloat16 factors are widened to its dtype)."""
+    if a.dtype != accumulator.dtype or b.dtype != accumulator.dtype:
+        a, b = a.to(accumulator.dtype), b.to(accumulator.dtype)
+    accumulator.addmm_(a, b)
+
+
+def _run_chunk(config, inputs, coef, keep, want, values, grads, chunk, workspace) -> None:
+    per_token, gradients = _COMPUTE[config.kernel](config, inputs, coef, keep, want, chunk, workspace)
+    values[chunk] = per_token
     for side, g in gradients.items():
-        g = g.to(coef.dtype)
         if want.get(f"{side}_logits"):
             grads[f"{side}_logits"][chunk] = g
         hidden = getattr(inputs, f"{side}_hidden")
         weight = getattr(inputs, f"{side}_weight")
         if want.get(f"{side}_hidden"):
-            grads[f"{side}_hidden"][chunk] = g @ weight.to(g.dtype)
+            target = grads[f"{side}_hidden"][chunk]
+            if g.dtype == weight.dtype == target.dtype:
+                torch.mm(g, weight.detach(), out=target)  # straight into the gradient's rows
+            else:  # low precision: the product in the factors' dtype, stored in float32
+                target.copy_(g @ weight.detach().to(g.dtype))
         if want.get(f"{side}_weight"):
-            grads[f"{side}_weight"].addmm_(g.T, hidden[chunk].to(g.dtype))
+            _add_matmul(grads[f"{side}_weight"], g.T, hidden[chunk].detach())
         if want.get(f"{side}_bias"):
-            grads[f"{side}_bias"] += g.sum(0)
+            grads[f"{side}_bias"] += g.sum(0, dtype=grads[f"{side}_bias"].dtype)
 
 
 _NAMES = tuple(_Inputs.__dataclass_fields__)
@@ -279,21 +347,47 @@ def _coefficients(
     return torch.where(count > 0, coef / count.clamp(min=1), torch.zeros_like(coef))
 
 
-def _kernel_serves(inputs: _Inputs, dtype: torch.dtype, device: torch.device, options: dict) -> bool:
-    """The Numba kernel computes the chunks: CPU float32/64, a dense teacher that needs no gradient,
-    not while Dynamo traces, Numba installed (else autograd through the core)."""
+_FORCE_TRITON = False
+"""Tests only: the Triton kernel computes the chunks of CPU tensors too (set ``TRITON_INTERPRET=1``
+before Triton is imported: the interpreter runs it)."""
+
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _chunk_kernel(inputs: _Inputs, dtype: torch.dtype, device: torch.device, options: dict) -> str | None:
+    """Which fused kernel computes the chunks: ``"triton"`` for CUDA tensors (every float dtype),
+    ``"numba"`` for CPU float32 / float64, None (autograd through the core) for a sparse top-k
+    teacher (the kernels read dense rows), a teacher that needs a gradient (they give only the
+    student's), JS at ``β ∈ {0, 1}``, while Dynamo traces, or when the kernel is not installed."""
     from ..kernels import dispatch
 
     teacher = (inputs.teacher_logits, inputs.teacher_hidden, inputs.teacher_weight, inputs.teacher_bias)
-    return (
-        device.type == "cpu"
-        and dtype in (torch.float32, torch.float64)
-        and inputs.topk_indices is None
-        and not any(t is not None and t.requires_grad for t in teacher)
-        and options.get("beta") not in (0.0, 1.0)
-        and not torch.compiler.is_compiling()
-        and dispatch.numba_installed()
-    )
+    if (
+        inputs.topk_indices is not None
+        or any(t is not None and t.requires_grad for t in teacher)
+        or options.get("beta") in (0.0, 1.0)
+        or torch.compiler.is_compiling()
+    ):
+        return None
+    if device.type == "cuda" or _FORCE_TRITON:
+        return "triton" if dtype in TRITON_DTYPES and dispatch.triton_installed() else None
+    if device.type == "cpu" and dtype in (torch.float32, torch.float64) and dispatch.numba_installed():
+        return "numba"
+    return None
+
+
+def _temporaries(kernel: str | None, inputs: _Inputs, dtype: torch.dtype) -> int:
+    """Chunk-sized arrays (in units of the compute dtype's ``[c, V]``) at a kernel path's peak: the
+    student's logits buffer, the teacher's when it is formed, Numba's gradient (Triton writes it over
+    the logits), and float32 copies of a float16 / bfloat16 gradient for the weight's accumulation."""
+    if kernel is None:
+        return chunking.AUTOGRAD_TEMPORARIES
+    count = 1 + (inputs.teacher_hidden is not None) + (kernel == "numba")
+    if inputs.student_logits is not None:  # the caller's logits: only the gradient needs a buffer
+        count = count - 1 + (kernel == "triton")
+    if torch.finfo(dtype).bits < 32:
+        count += 1
+    return max(1, count)
 
 
 class _Divergence(torch.nn.Module):
@@ -368,7 +462,7 @@ class _Divergence(torch.nn.Module):
         coef = _coefficients(
             self.reduction, rows, device, keep, sample_weight, num_items, batch_size, squared_t, accumulate
         )
-        use_kernel = _kernel_serves(inputs, dtype, device, self.options)
+        kernel = _chunk_kernel(inputs, dtype, device, self.options)
         config = _Config(
             options=self.options,
             reduction=self.reduction,
@@ -378,10 +472,10 @@ class _Divergence(torch.nn.Module):
                 memory_budget=self.memory_budget,
                 chunk_size=self.chunk_size,
                 bytes_per_element=max(4, torch.finfo(dtype).bits // 8),
-                temporaries=chunking.KERNEL_TEMPORARIES if use_kernel else chunking.AUTOGRAD_TEMPORARIES,
+                temporaries=_temporaries(kernel, inputs, dtype),
             ),
             topk_format=self.teacher_topk_format,
-            use_kernel=use_kernel,
+            kernel=kernel,
         )
         return _FusedFunction.apply(config, coef, keep, *(getattr(inputs, n) for n in _NAMES))
 
