@@ -89,7 +89,9 @@ class FusedDivergence(torch.autograd.Function):
             ctx.consumed = False
         if squared_t != 1.0:
             values *= squared_t
-        return values.to(p.dtype).reshape(batch_shape)
+        # float16 / bfloat16 y_pred (the Triton kernel reads them as they are): float32 values,
+        # kldiv's compute dtype; the reduction and the cast to the output dtype follow.
+        return values.to(torch.promote_types(p.dtype, torch.float32)).reshape(batch_shape)
 
     @staticmethod
     def backward(ctx, grad_values):
