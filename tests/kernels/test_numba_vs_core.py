@@ -215,3 +215,26 @@ def test_second_backward_through_the_same_graph_recomputes():
         (2 * value).backward()
         grads[backend] = p.grad.numpy().copy()
     np.testing.assert_allclose(grads["numba"], grads["core"], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("pred_format", ["probs", "log_probs", "logits"])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_gradient_written_over_y_pred(pred_format, direction):
+    """``out=y_pred``: the gradient overwrites the input it is computed from, with the same result."""
+    from kldiv.kernels.numba_cpu import fused_rows
+
+    rng = np.random.default_rng(7)
+    t = rng.dirichlet(np.ones(300), size=9).astype(np.float32)
+    p = rng.dirichlet(np.ones(300), size=9).astype(np.float32)
+    p = {"probs": p, "log_probs": np.log(p), "logits": 3 * np.log(p) + 1}[pred_format]
+    options = dict(true_format="probs", pred_format=pred_format, direction=direction, beta=None)
+    kwargs = dict(epsilon=1e-7, temperature=1.0, want_grad=True, **options)
+    values, grad = fused_rows(t, p.copy(), np.full(9, 0.5), **kwargs)
+    buffer = p.copy()
+    values_in_place, grad_in_place = fused_rows(t, buffer, np.full(9, 0.5), out=buffer, **kwargs)
+    assert grad_in_place is buffer
+    # Same math; aliasing may change LLVM's choice of vector or scalar loop (summation order).
+    np.testing.assert_allclose(values_in_place, values, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(grad_in_place, grad, rtol=2e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="`out`"):
+        fused_rows(t, p, np.ones(9), out=np.empty((9, 299), np.float32), **kwargs)

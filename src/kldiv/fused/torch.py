@@ -144,7 +144,7 @@ def _run(
 
 class _Workspace:
     """Chunk-sized buffers reused by every chunk of a kernel pass (no allocation per chunk): the
-    student's logits, which the Triton kernel overwrites with their gradient, and the teacher's
+    student's logits, which the kernels overwrite with their gradient, and the teacher's
     logits when they are formed from hidden states (given teacher logits are read in place)."""
 
     def __init__(self, config: _Config, inputs: _Inputs, want_grad: bool) -> None:
@@ -155,7 +155,7 @@ class _Workspace:
         source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
         rows, dtype, device = min(config.rows_per_chunk, source.shape[0]), source.dtype, source.device
         vocab = source.shape[-1] if inputs.student_logits is not None else inputs.student_weight.shape[0]
-        if inputs.student_logits is None or (config.kernel == "triton" and want_grad):
+        if inputs.student_logits is None or want_grad:
             self.student = torch.empty((rows, vocab), dtype=dtype, device=device)
         if inputs.teacher_hidden is not None:  # formed in the teacher's dtype, cast per chunk
             self.teacher = torch.empty((rows, vocab), dtype=inputs.teacher_hidden.dtype, device=device)
@@ -204,12 +204,17 @@ def _chunk_by_numba(config, inputs, coef, keep, want, chunk, workspace):
 
     student = _student_logits(inputs, chunk, workspace.student).detach().contiguous()
     teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype).contiguous()
+    want_grad = any(want.values())
+    out = None
+    if want_grad:  # in place over the formed logits; the given logits are the caller's: a buffer
+        out = student if inputs.student_logits is None else workspace.student[: student.shape[0]]
     values, grad = fused_rows(
         teacher.numpy(),
         student.numpy(),
         coef[chunk].double().numpy(),
         keep[chunk].numpy(),
-        want_grad=any(want.values()),
+        want_grad=want_grad,
+        out=None if out is None else out.numpy(),
         **_kernel_options(config),
     )
     gradients = {} if grad is None else {"student": torch.from_numpy(grad)}
@@ -378,13 +383,11 @@ def _chunk_kernel(inputs: _Inputs, dtype: torch.dtype, device: torch.device, opt
 
 def _temporaries(kernel: str | None, inputs: _Inputs, dtype: torch.dtype) -> int:
     """Chunk-sized arrays (in units of the compute dtype's ``[c, V]``) at a kernel path's peak: the
-    student's logits buffer, the teacher's when it is formed, Numba's gradient (Triton writes it over
+    student's logits buffer, the teacher's when it is formed (both kernels write the gradient over
     the logits), and float32 copies of a float16 / bfloat16 gradient for the weight's accumulation."""
     if kernel is None:
         return chunking.AUTOGRAD_TEMPORARIES
-    count = 1 + (inputs.teacher_hidden is not None) + (kernel == "numba")
-    if inputs.student_logits is not None:  # the caller's logits: only the gradient needs a buffer
-        count = count - 1 + (kernel == "triton")
+    count = 1 + (inputs.teacher_hidden is not None)  # given student logits: the buffer holds the gradient
     if torch.finfo(dtype).bits < 32:
         count += 1
     return max(1, count)

@@ -328,15 +328,28 @@ def fused_rows(
     epsilon: float,
     temperature: float,
     want_grad: bool,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-row divergence ``[rows]`` (float64) and, if asked, ``coef[:, None] · ∂value/∂y_pred``;
     rows whose ``keep`` is 0 give 0 and a zero gradient.
 
     ``y_true`` and ``y_pred`` are C-contiguous ``[rows, n]`` arrays of one dtype (float32/float64).
+    ``out`` (optional, like ``y_pred``) receives the gradient; it may be ``y_pred`` itself: every
+    kernel reads an entry of ``y_pred`` before it writes that entry of the gradient.
     """
     kind = JENSEN_SHANNON if beta is not None else DIRECTION_CODES[direction]
     values = np.empty(y_pred.shape[0], dtype=np.float64)
-    grad = np.empty_like(y_pred) if want_grad else np.empty((1, 1), dtype=y_pred.dtype)
+    if not want_grad:
+        grad = np.empty((1, 1), dtype=y_pred.dtype)
+    elif out is None:
+        grad = np.empty_like(y_pred)
+    else:
+        if out.shape != y_pred.shape or out.dtype != y_pred.dtype or not out.flags.c_contiguous:
+            raise ValueError(
+                f"Argument `out`: expected a C-contiguous {y_pred.dtype} array of shape {y_pred.shape}; "
+                f"received {out.dtype} {out.shape}."
+            )
+        grad = out
     keep = np.ones(y_pred.shape[0], dtype=np.uint8) if keep is None else keep.astype(np.uint8, copy=False)
     coef = np.ascontiguousarray(coef, dtype=np.float64)
     if y_pred.shape[1] == 0:
