@@ -23,6 +23,15 @@ from .options import Options
 Array = Any
 
 
+def _widen(xp: Any, y_true: Any, y_pred: Any, dtype: Any) -> tuple[Any, Any]:
+    """Both inputs in the compute dtype (float16 / bfloat16 become float32)."""
+    if y_pred.dtype != dtype:
+        y_pred = xp.astype(y_pred, dtype)
+    if y_true.dtype != dtype:
+        y_true = xp.astype(y_true, dtype)
+    return y_true, y_pred
+
+
 class _Prepared:
     """Inputs in one namespace and the compute dtype, the keep-mask, and the dtype to return."""
 
@@ -62,10 +71,11 @@ class _Prepared:
                 y_pred = xp.astype(y_pred, output_dtype)
             if y_true.dtype != output_dtype:
                 y_true = xp.astype(y_true, output_dtype)
-        if y_pred.dtype != compute_dtype:
-            y_pred = xp.astype(y_pred, compute_dtype)
-        if y_true.dtype != compute_dtype:
-            y_true = xp.astype(y_true, compute_dtype)
+        # The Triton kernel reads float16 / bfloat16 as they are (float32 accumulation): inputs it may
+        # serve stay narrow until the kernel decision; everything else is widened now.
+        narrow = not options.validate and dispatch.reads_low_precision(options, xp, y_true, y_pred)
+        if not narrow:
+            y_true, y_pred = _widen(xp, y_true, y_pred, compute_dtype)
         if keras3_shapes is True:
             y_true, y_pred = squeeze_or_expand_to_same_rank(xp, y_true, y_pred)
         elif keras3_shapes is False:
@@ -84,6 +94,8 @@ class _Prepared:
         )
         self.axis = axis
         self.use_kernel = dispatch.use_kernel(options, xp, y_true, y_pred)
+        if narrow and not self.use_kernel:
+            y_true, y_pred = _widen(xp, y_true, y_pred, compute_dtype)
         if self.keep is not None and not self.use_kernel:
             y_true = masking.mask_input(xp, y_true, options.y_true_format, self.keep, axis)
             y_pred = masking.mask_input(xp, y_pred, options.y_pred_format, self.keep, axis)

@@ -237,10 +237,6 @@ def test_launcher_in_place_equals_a_new_buffer(dtype):
 
 
 @interpreted_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the losses.py/dispatch.py patch that hands float16/bfloat16 to Triton un-widened",
-)
 def test_losses_hand_bfloat16_to_triton_unwidened(monkeypatch):
     """``kldiv.KLDivergence(backend="triton")`` on bfloat16 tensors: the kernel reads bfloat16 (no
     float32 copy of the inputs), the per-sample values are float32, the loss is returned in bfloat16

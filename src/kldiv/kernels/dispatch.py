@@ -80,8 +80,11 @@ def unsupported_reason(options: Any, xp: Any, y_true: Any, y_pred: Any, kernel: 
     if not _serves_arrays(kernel, _array_kind(xp, y_pred)):
         device = getattr(getattr(y_pred, "device", None), "type", None)
         return f"arrays of {getattr(xp, '__name__', xp)} on {device or 'this device'}"
-    if dtype_name(y_pred.dtype) not in ("float32", "float64"):
+    narrow_ok = kernel == "triton" and dtype_name(y_pred.dtype) in ("float16", "bfloat16")
+    if dtype_name(y_pred.dtype) not in ("float32", "float64") and not narrow_ok:
         return f"dtype {y_pred.dtype}"
+    if y_true.dtype != y_pred.dtype:
+        return f"y_true of dtype {y_true.dtype} and y_pred of dtype {y_pred.dtype}"
     if tuple(y_true.shape) != tuple(y_pred.shape):
         return "y_true and y_pred of different (broadcast) shapes"
     if getattr(y_true, "requires_grad", False):
@@ -91,6 +94,17 @@ def unsupported_reason(options: Any, xp: Any, y_true: Any, y_pred: Any, kernel: 
     if not _installed(kernel):
         return f"{_KERNEL_NAMES[kernel]} is not installed (pip install kldiv[{kernel}])"
     return None
+
+
+def reads_low_precision(options: Any, xp: Any, y_true: Any, y_pred: Any) -> bool:
+    """Whether float16 / bfloat16 inputs may go to the Triton kernel as they are (CUDA tensors, or
+    ``backend="triton"`` under the interpreter), so that widening them can wait for the decision."""
+    if options.backend not in ("auto", "triton") or y_true.dtype != y_pred.dtype:
+        return False
+    if dtype_name(y_pred.dtype) not in ("float16", "bfloat16"):
+        return False
+    kind = _array_kind(xp, y_pred)
+    return kind == "cuda" or (kind == "torch" and options.backend == "triton" and triton_interpreter())
 
 
 def use_kernel(options: Any, xp: Any, y_true: Any, y_pred: Any) -> bool:
