@@ -28,16 +28,17 @@ def rows_per_chunk(
     bytes_per_element: int = 4,
     chunk_size: int | None = None,
     temporaries: int = AUTOGRAD_TEMPORARIES,
+    minimum_rows: int = 1,
 ) -> int:
     """Rows per chunk: ``chunk_size`` when given, else the most rows whose temporaries
-    (``temporaries · vocab · bytes_per_element`` bytes per row) fit in ``memory_budget``;
-    at least 1, at most ``rows`` (and 1 for an empty problem)."""
+    (``temporaries · vocab · bytes_per_element`` bytes per row) fit in ``memory_budget``, but at
+    least ``minimum_rows``; at most ``rows`` (and 1 for an empty problem)."""
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"Argument `chunk_size`: expected a positive integer; received {chunk_size}.")
         return max(1, min(chunk_size, rows))
     per_row = temporaries * max(vocab, 1) * bytes_per_element
-    return max(1, min(rows, memory_budget // per_row))
+    return max(1, min(rows, max(memory_budget // per_row, minimum_rows)))
 
 
 def chunks(rows: int, size: int) -> list[tuple[int, int]]:
