@@ -218,3 +218,24 @@ def test_bad_arguments_are_named():
         FusedLinearKLDivergence(reduction="avg")
     with pytest.raises(ValueError, match="`chunk_size`"):
         FusedLinearKLDivergence(chunk_size=0)
+
+
+def test_second_backward_through_a_retained_graph_and_no_grad_copy():
+    """The stored gradients are handed to autograd (no copy into .grad); a second backward through a
+    retained graph computes them again and accumulates the same amount."""
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(9, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(9, 11, generator=generator, dtype=torch.float64)
+    loss_fn = FusedLinearKLDivergence(reduction="token_mean", chunk_size=4)
+    loss = loss_fn(hidden, weight, teacher_logits=teacher)
+    (2.0 * loss).backward(retain_graph=True)
+    first_hidden, first_weight = hidden.grad.clone(), weight.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(hidden.grad, 1.5 * first_hidden)
+    torch.testing.assert_close(weight.grad, 1.5 * first_weight)
+    logits = hidden.detach() @ weight.detach().T
+    reference = kldiv.kl_divergence(
+        teacher, logits, y_true_format="logits", y_pred_format="logits", epsilon=0.0
+    )
+    torch.testing.assert_close(loss.detach(), reference.mean())

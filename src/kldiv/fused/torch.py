@@ -325,7 +325,12 @@ class _FusedFunction(torch.autograd.Function):
         if ctx.config.reduction == "none":
             _, grads = _run(ctx.config, inputs, ctx.coef * grad_output.to(ctx.coef.dtype), ctx.keep, want)
         else:
-            grads = ctx.grads
+            if ctx.grads is None:  # a second backward through a retained graph: compute them again
+                _, grads = _run(ctx.config, inputs, ctx.coef, ctx.keep, want)
+            else:
+                # Hand the stored gradients over (no reference kept), so that autograd can use them
+                # as the parameters' .grad without a copy.
+                grads, ctx.grads = ctx.grads, None
             if not bool(grad_output == 1):
                 grads = {name: g * grad_output.to(g.dtype) for name, g in grads.items()}
         out = []
