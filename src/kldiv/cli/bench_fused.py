@@ -63,6 +63,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from .bench import _argument
+
 GRID_BT = (1024, 4096, 8192)
 GRID_HIDDEN = 1024
 GRID_VOCAB = (32000, 128256)
@@ -880,16 +882,6 @@ def build_parser() -> Any:
     parser.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
     parser.add_argument("--plain", action="store_true", help="plain text tables (no rich)")
     return parser
-
-
-def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    def wrapped(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return wrapped
 
 
 def _count(least: int) -> Callable[[str], int]:
