@@ -63,7 +63,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from .bench import _argument
+from . import bench
+from .bench import _argument, available_memory
 
 GRID_BT = (1024, 4096, 8192)
 GRID_HIDDEN = 1024
@@ -150,18 +151,6 @@ def _names(allowed: Sequence[str]) -> Callable[[str], list[str]]:
 
 # ---------------------------------------------------------------------------------------------
 # Estimates: memory and time of one case
-
-
-def available_memory() -> int | None:
-    """Bytes available now (``MemAvailable`` of ``/proc/meminfo``), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _itemsize(dtype: str) -> int:
@@ -347,16 +336,16 @@ def make_loss(impl: str) -> Callable[[dict[str, Any]], Any]:
 
 
 def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    """:func:`kldiv.cli.bench._status_kib`, required: a CPU case cannot be measured without it."""
+    kib = bench._status_kib(field)
+    if kib is None:
+        raise RuntimeError(f"no {field} in /proc/self/status")
+    return kib
 
 
 def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
+    if not bench._reset_peak():
+        raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs)")
 
 
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
