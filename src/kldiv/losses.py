@@ -23,8 +23,8 @@ from .options import Options
 Array = Any
 
 
-def _widen(xp: Any, y_true: Any, y_pred: Any, dtype: Any) -> tuple[Any, Any]:
-    """Both inputs in the compute dtype (float16 / bfloat16 become float32)."""
+def _as_dtype(xp: Any, y_true: Any, y_pred: Any, dtype: Any) -> tuple[Any, Any]:
+    """Both inputs in ``dtype`` (cast only where they differ)."""
     if y_pred.dtype != dtype:
         y_pred = xp.astype(y_pred, dtype)
     if y_true.dtype != dtype:
@@ -67,15 +67,12 @@ class _Prepared:
         if options.dtype is not None:
             # The option casts both inputs first (Keras 3's loss ``dtype``), then low precision is
             # widened to float32 for the arithmetic.
-            if y_pred.dtype != output_dtype:
-                y_pred = xp.astype(y_pred, output_dtype)
-            if y_true.dtype != output_dtype:
-                y_true = xp.astype(y_true, output_dtype)
+            y_true, y_pred = _as_dtype(xp, y_true, y_pred, output_dtype)
         # The Triton kernel reads float16 / bfloat16 as they are (float32 accumulation): inputs it may
         # serve stay narrow until the kernel decision; everything else is widened now.
         narrow = not options.validate and dispatch.reads_low_precision(options, xp, y_true, y_pred)
         if not narrow:
-            y_true, y_pred = _widen(xp, y_true, y_pred, compute_dtype)
+            y_true, y_pred = _as_dtype(xp, y_true, y_pred, compute_dtype)
         if keras3_shapes is True:
             y_true, y_pred = squeeze_or_expand_to_same_rank(xp, y_true, y_pred)
         elif keras3_shapes is False:
@@ -95,7 +92,7 @@ class _Prepared:
         self.axis = axis
         self.use_kernel = dispatch.use_kernel(options, xp, y_true, y_pred)
         if narrow and not self.use_kernel:
-            y_true, y_pred = _widen(xp, y_true, y_pred, compute_dtype)
+            y_true, y_pred = _as_dtype(xp, y_true, y_pred, compute_dtype)
         if self.keep is not None and not self.use_kernel:
             y_true = masking.mask_input(xp, y_true, options.y_true_format, self.keep, axis)
             y_pred = masking.mask_input(xp, y_pred, options.y_pred_format, self.keep, axis)

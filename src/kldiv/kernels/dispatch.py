@@ -103,8 +103,8 @@ def reads_low_precision(options: Any, xp: Any, y_true: Any, y_pred: Any) -> bool
         return False
     if dtype_name(y_pred.dtype) not in ("float16", "bfloat16"):
         return False
-    kind = _array_kind(xp, y_pred)
-    return kind == "cuda" or (kind == "torch" and options.backend == "triton" and triton_interpreter())
+    kind = _array_kind(xp, y_pred)  # CUDA, or CPU tensors that backend="triton" sends to the interpreter
+    return kind == "cuda" or (options.backend == "triton" and _serves_arrays("triton", kind))
 
 
 def use_kernel(options: Any, xp: Any, y_true: Any, y_pred: Any) -> bool:

@@ -196,6 +196,17 @@ def _row_values(ac, bc, p_raw, grad_row, kind, mode, constants, want_grad):
     return total, g_total
 
 
+@njit(inline="always", cache=True)
+def _masked_row(r, keep, values, grad, want_grad):
+    """Row ``r`` masked out (``keep[r] == 0``): value 0 and, if asked, a zero gradient row; True."""
+    if keep[r] != 0:
+        return False
+    values[r] = 0.0
+    if want_grad:
+        grad[r, :] = 0.0
+    return True
+
+
 @njit(inline="always", fastmath=FASTMATH, cache=True)
 def _softmax_chain(bc, p_raw, grad_row, pred_format, epsilon, factor, g_sum):
     """``grad ← (g − softmax · Σg) · factor`` with ``softmax = exp(c)``; one more ``1/p`` (0 where
@@ -228,10 +239,7 @@ def general_kernel(kind: int, mode: int):
         log_beta = math.log(beta)
         log1m_beta = math.log1p(-beta)
         for r in prange(rows):
-            if keep[r] == 0:
-                values[r] = 0.0
-                if want_grad:
-                    grad[r, :] = 0.0
+            if _masked_row(r, keep, values, grad, want_grad):
                 continue
             scratch = np.empty((2, n), dtype=p.dtype)  # one row of c per side, cache-resident
             grad_row = grad[r] if want_grad else grad[0]
@@ -296,10 +304,7 @@ def forward_probs_kernel(t, p, coef, keep, values, grad, epsilon, want_grad):
     rows, n = p.shape
     normal_clip = epsilon >= SMALLEST_NORMAL_FLOAT32
     for r in prange(rows):
-        if keep[r] == 0:
-            values[r] = 0.0
-            if want_grad:
-                grad[r, :] = 0.0
+        if _masked_row(r, keep, values, grad, want_grad):
             continue
         t_row, p_row = t[r], p[r]
         grad_row = grad[r] if want_grad else grad[0]
