@@ -8,6 +8,7 @@ scalars are converted as Keras converts them (Python floats become float32).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -138,6 +139,22 @@ class _Prepared:
                 return self._per_sample_core(options)
         return self._per_sample_core(options)
 
+    def reduced(self, options: Options, reduce: Callable[[Array], Array], gradient: float | None) -> Array:
+        """``reduce(per-sample divergence)``.
+
+        ``gradient`` is ``∂ reduce(L) / ∂ L_i``, the same for every unmasked ``i`` (see
+        :meth:`reduction_gradient`), or None when it is not known. Torch tensors that a fused kernel
+        serves then get one autograd node for the divergence and its reduction together: the
+        kernel's gradient, pre-scaled by ``gradient``, is handed to autograd as it is.
+        """
+        if gradient is not None and self.use_kernel and self.xp is not np:
+            from .kernels import fused
+
+            return fused.per_sample_torch(
+                options, self.y_true, self.y_pred, self.keep, self.axis, gradient, reduce=reduce
+            )
+        return reduce(self.per_sample(options, 1.0 if gradient is None else gradient))
+
     def _per_sample_core(self, options: Options) -> Array:
         losses = divergence(
             self.xp,
@@ -166,23 +183,28 @@ class _Prepared:
             options, self.y_true, self.y_pred, self.keep, self.axis, grad_scale_hint
         )
 
-    def grad_scale_hint(
+    def reduction_gradient(
         self, losses_shape: tuple, reduction: str | None, has_weight: bool, num_items: Any
-    ) -> float:
-        """The gradient each per-sample value gets from an unweighted reduction (1 if unknown)."""
-        if not self.use_kernel or has_weight or reduction in ("none", None, "sum"):
+    ) -> float | None:
+        """``∂ reduction / ∂ L_i`` of an unweighted reduction, the same for every unmasked position.
+
+        None where it is not one number known on the host: a ``sample_weight``, no reduction, a
+        ``num_items`` array, or a mask on a device (counting it would synchronise with the device).
+        """
+        if has_weight or reduction in ("none", None):
+            return None
+        if reduction == "sum":
             return 1.0
-        if isinstance(num_items, (int, float)):
-            return 1.0 / num_items
+        if num_items is not None:
+            return 1.0 / num_items if isinstance(num_items, (int, float)) else None
         if reduction == "batchmean":
             return 1.0 / losses_shape[0] if losses_shape and losses_shape[0] else 1.0
-        if self.keep is not None and self.xp is not np and self.y_pred.device.type != "cpu":
-            return 1.0  # counting the mask would synchronise with the device; CUDA rescales anyway
-        count = (
-            math.prod(losses_shape)
-            if self.keep is None
-            else int(self.xp.sum(self.xp.astype(self.keep, self.xp.int32)))
-        )
+        if self.keep is None:
+            count = math.prod(losses_shape)
+        elif self.xp is np or self.y_pred.device.type == "cpu":
+            count = int(self.xp.sum(self.xp.astype(self.keep, self.xp.int32)))
+        else:
+            return None
         return 1.0 / count if count else 1.0
 
     def weight(self, sample_weight: Array, like: Array) -> Array:
@@ -380,14 +402,22 @@ class _DivergenceLoss:
         prepared = _Prepared(self.options, y_true, y_pred, keras3_shapes=keras3, mask=mask, labels=labels)
         loss_shape = broadcast_shape(prepared.y_true.shape, prepared.y_pred.shape)
         loss_shape = loss_shape[: prepared.axis] + loss_shape[prepared.axis + 1 :]
-        hint = prepared.grad_scale_hint(loss_shape, self.reduction, sample_weight is not None, num_items)
-        losses = prepared.per_sample(self.options, hint)
         xp = prepared.xp
-        weight = None if sample_weight is None else prepared.weight(sample_weight, like=losses)
+        weight = None if sample_weight is None else prepared.weight(sample_weight, like=prepared.y_pred)
         if num_items is not None and not isinstance(num_items, (int, float)):
-            num_items = prepared.weight(num_items, like=losses)
-        value = reduce_weighted(xp, losses, weight, self.reduction, mask=prepared.keep, num_items=num_items)
-        return prepared.output(value)
+            num_items = prepared.weight(num_items, like=prepared.y_pred)
+
+        def reduce(losses: Array) -> Array:
+            return reduce_weighted(
+                xp, losses, weight, self.reduction, mask=prepared.keep, num_items=num_items
+            )
+
+        gradient = (
+            prepared.reduction_gradient(loss_shape, self.reduction, weight is not None, num_items)
+            if prepared.use_kernel
+            else None
+        )
+        return prepared.output(prepared.reduced(self.options, reduce, gradient))
 
     def get_config(self) -> dict[str, Any]:
         """Every option: ``type(loss).from_config(loss.get_config())`` is an equal loss."""

@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("numba")
 
-from numba import njit, prange  # noqa: E402
+from numba import njit, prange
 
-from kldiv.kernels._fastmath import FASTMATH, expf, logf, logf_normal  # noqa: E402
+from kldiv.kernels._fastmath import FASTMATH, expf, logf, logf_normal
 
 
 @njit(parallel=True, fastmath=FASTMATH)

@@ -183,7 +183,9 @@ def test_auto_uses_the_kernel_only_for_large_inputs(monkeypatch):
     calls = []
     original_numpy, original_torch = fused.per_sample_numpy, fused.per_sample_torch
     monkeypatch.setattr(fused, "per_sample_numpy", lambda *a: calls.append("numpy") or original_numpy(*a))
-    monkeypatch.setattr(fused, "per_sample_torch", lambda *a: calls.append("torch") or original_torch(*a))
+    monkeypatch.setattr(
+        fused, "per_sample_torch", lambda *a, **k: calls.append("torch") or original_torch(*a, **k)
+    )
 
     def uniform(elements):
         return np.full((elements // 128, 128), 1 / 128, dtype=np.float32)
@@ -200,6 +202,21 @@ def test_auto_uses_the_kernel_only_for_large_inputs(monkeypatch):
         x = torch.from_numpy(uniform(elements))
         kldiv.kl_divergence(x, x)
         assert calls == expected, elements
+    # A y_pred that needs a gradient gains from fewer elements (one autograd node instead of six) ...
+    for elements, expected in (
+        (dispatch.AUTO_THRESHOLD_GRAD - 128, []),
+        (dispatch.AUTO_THRESHOLD_GRAD, ["torch"]),
+    ):
+        calls.clear()
+        x = torch.from_numpy(uniform(elements))
+        kldiv.KLDivergence()(x, x.clone().requires_grad_()).backward()
+        assert calls == expected, elements
+    # ... but not under no_grad, where it has no gradient to compute.
+    calls.clear()
+    with torch.no_grad():
+        x = torch.from_numpy(uniform(dispatch.AUTO_THRESHOLD_GRAD))
+        kldiv.KLDivergence()(x, x.clone().requires_grad_())
+    assert calls == []
 
 
 def test_second_backward_through_the_same_graph_recomputes():
@@ -215,6 +232,35 @@ def test_second_backward_through_the_same_graph_recomputes():
         (2 * value).backward()
         grads[backend] = p.grad.numpy().copy()
     np.testing.assert_allclose(grads["numba"], grads["core"], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "reduction",
+    ["auto", "sum", "sum_over_batch_size", "mean", "mean_with_sample_weight", "batchmean", "token_mean"],
+)
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("num_items", [None, 7, "tensor"])
+def test_reduced_loss_is_one_autograd_node(reduction, masked, num_items):
+    """An unweighted reduction joins the kernel's node: ``loss.backward()`` (upstream 1) returns the
+    kernel's pre-scaled gradient as it is, and equals the core's gradient."""
+    if num_items is not None and reduction == "sum":
+        pytest.skip("num_items needs a reduction that divides")
+    rng = np.random.default_rng(3)
+    t = torch.tensor(scipy.special.softmax(rng.normal(size=(3, 4, 50)), -1))
+    data = scipy.special.softmax(rng.normal(size=(3, 4, 50)), -1)
+    mask = torch.tensor(rng.random((3, 4)) < 0.6) if masked else None
+    results = {}
+    for backend in ("numba", "core"):
+        p = torch.tensor(data, requires_grad=True)
+        items = torch.tensor(7.0, dtype=torch.float64) if num_items == "tensor" else num_items
+        value = kldiv.KLDivergence(reduction=reduction, backend=backend)(t, p, mask=mask, num_items=items)
+        if backend == "numba":
+            # The tensor num_items is divided by after the kernel's node (its gradient is not a host number).
+            assert (type(value.grad_fn).__name__ == "FusedDivergenceBackward") == (num_items != "tensor")
+        value.backward()
+        results[backend] = (value.item(), p.grad.numpy())
+    assert results["numba"][0] == pytest.approx(results["core"][0], rel=1e-12)
+    np.testing.assert_allclose(results["numba"][1], results["core"][1], rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("pred_format", ["probs", "log_probs", "logits"])

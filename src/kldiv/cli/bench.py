@@ -857,14 +857,16 @@ def target_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     The bandwidth and JAX targets are checked from :data:`LARGE` elements on (below, every figure is
     call overhead); the small-call target — kldiv as ``backend="auto"`` serves it (the core below
-    :data:`kldiv.kernels.dispatch.AUTO_THRESHOLD`) against PyTorch's own op — at every size.
+    :data:`kldiv.kernels.dispatch.AUTO_THRESHOLD`, or ``AUTO_THRESHOLD_GRAD`` with a gradient)
+    against PyTorch's own op — at every size.
     """
-    from ..kernels.dispatch import AUTO_THRESHOLD
+    from ..kernels.dispatch import AUTO_THRESHOLD, AUTO_THRESHOLD_GRAD
 
     checks = []
     for shape in sorted({tuple(e["size"]) for e in results}, key=math.prod):
         by = {(e["mode"], e["key"]): e["median_ms"] for e in results if tuple(e["size"]) == shape}
         auto = "fused" if math.prod(shape) >= AUTO_THRESHOLD else "core"
+        auto_grad = "fused" if math.prod(shape) >= AUTO_THRESHOLD_GRAD else "core"
         targets = [
             (
                 "forward: kldiv fused / read floor",
@@ -900,9 +902,9 @@ def target_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "small_vs_framework_op",
             ),
             (
-                f"forward+backward, torch: kldiv auto ({auto}) / F.kl_div autograd",
+                f"forward+backward, torch: kldiv auto ({auto_grad}) / F.kl_div autograd",
                 "backward",
-                f"kldiv_{auto}",
+                f"kldiv_{auto_grad}",
                 "torch_kl_div",
                 "small_vs_framework_op",
             ),

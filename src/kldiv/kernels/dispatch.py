@@ -1,15 +1,17 @@
 """Which implementation serves a call: a fused kernel (Numba on CPU, Triton on CUDA) or the core.
 
 ``backend="auto"`` (default) uses a kernel for arrays of float32 / float64 (float16 / bfloat16 are
-computed as float32) with at least :data:`AUTO_THRESHOLD_NUMPY` (NumPy, 2¹⁵) or :data:`AUTO_THRESHOLD`
-(torch, 2¹⁶) elements: the Numba kernel for NumPy arrays and CPU torch tensors when Numba is
-installed, the Triton kernel for CUDA torch tensors when Triton is installed. Below the threshold,
-the call overhead of a kernel outweighs its gain: ``benchmarks/auto_threshold.py`` times both paths
-from 2⁸ to 2²⁰ elements; the kernel wins from 16–32 K elements on NumPy arrays and from 32–131 K
-on torch tensors (``benchmarks/RESULTS.md``). ``backend="numba"`` / ``"triton"`` asks for that
-kernel (an error if it cannot serve the call), ``backend="core"`` for the core. ``backend="triton"``
-also accepts CPU torch tensors while ``TRITON_INTERPRET=1`` (Triton's interpreter: how the kernel is
-tested without a GPU).
+computed as float32) with at least :data:`AUTO_THRESHOLD_NUMPY` (NumPy, 2¹⁵),
+:data:`AUTO_THRESHOLD_GRAD` (a torch ``y_pred`` that requires a gradient, 2¹³) or
+:data:`AUTO_THRESHOLD` (other torch tensors, 2¹⁷) elements: the Numba kernel for NumPy arrays and CPU
+torch tensors when Numba is installed, the Triton kernel for CUDA torch tensors when Triton is
+installed. Below the threshold, the call overhead of a kernel outweighs its gain:
+``benchmarks/auto_threshold.py`` times both paths from 2⁸ to 2²⁰ elements; the kernel wins from
+16 K elements on NumPy arrays, from 2–8 K on torch tensors with a gradient (one autograd node
+against the core's six) and from 65–262 K on torch tensors without one (``benchmarks/RESULTS.md``).
+``backend="numba"`` / ``"triton"`` asks for that kernel (an error if it cannot serve the call),
+``backend="core"`` for the core. ``backend="triton"`` also accepts CPU torch tensors while
+``TRITON_INTERPRET=1`` (Triton's interpreter: how the kernel is tested without a GPU).
 
 Neither kernel serves: JAX, TensorFlow and other arrays (they have their own compiled paths),
 inputs that only broadcast against each other, a ``y_true`` that needs a gradient, and the
@@ -30,7 +32,8 @@ import numpy as np
 from .._namespace import dtype_name
 
 BACKENDS = ("auto", "core", "numba", "triton")
-AUTO_THRESHOLD = 1 << 16
+AUTO_THRESHOLD = 1 << 17
+AUTO_THRESHOLD_GRAD = 1 << 13
 AUTO_THRESHOLD_NUMPY = 1 << 15
 _KERNEL_NAMES = {"numba": "Numba", "triton": "Triton"}
 
@@ -123,8 +126,17 @@ def use_kernel(options: Any, xp: Any, y_true: Any, y_pred: Any) -> bool:
     if _dynamo_tracing():
         return False  # torch.compile: the core is a graph of torch ops; a kernel call would break it
     reason = unsupported_reason(options, xp, y_true, y_pred, kernel_for(xp, y_pred))
-    threshold = AUTO_THRESHOLD_NUMPY if xp is np else AUTO_THRESHOLD
-    return reason is None and math.prod(y_pred.shape) >= threshold
+    return reason is None and math.prod(y_pred.shape) >= auto_threshold(xp, y_pred)
+
+
+def auto_threshold(xp: Any, y_pred: Any) -> int:
+    """The fewest elements from which ``backend="auto"`` runs a kernel for this ``y_pred``."""
+    if xp is np:
+        return AUTO_THRESHOLD_NUMPY
+    torch = sys.modules.get("torch")
+    if getattr(y_pred, "requires_grad", False) and torch is not None and torch.is_grad_enabled():
+        return AUTO_THRESHOLD_GRAD
+    return AUTO_THRESHOLD
 
 
 def _dynamo_tracing() -> bool:

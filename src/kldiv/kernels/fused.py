@@ -10,6 +10,7 @@ imported on first use.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -54,16 +55,25 @@ def per_sample_numpy(
 
 
 def per_sample_torch(
-    options: Any, y_true: Any, y_pred: Any, keep: Any, axis: int, grad_scale_hint: float
+    options: Any,
+    y_true: Any,
+    y_pred: Any,
+    keep: Any,
+    axis: int,
+    grad_scale_hint: float,
+    reduce: Callable[[Any], Any] | None = None,
 ) -> Any:
-    """Per-sample divergence of torch tensors, differentiable w.r.t. ``y_pred``.
+    """Per-sample divergence of torch tensors, differentiable w.r.t. ``y_pred``; with ``reduce``,
+    ``reduce(per-sample divergence)`` as one autograd node.
 
     ``grad_scale_hint`` is the gradient each row is expected to receive from the reduction (e.g.
     ``1/rows`` for a mean); the kernel writes the gradient pre-scaled by it, so that on the CPU the
     backward pass returns it untouched when the guess is right (one pass over the data saved). On
     CUDA the backward pass always multiplies by ``upstream / hint`` (checking the guess would
-    synchronise with the host).
+    synchronise with the host). ``reduce`` must be a reduction whose gradient is exactly
+    ``grad_scale_hint`` at every row (an unweighted sum or mean); the node's upstream gradient is
+    then one scalar and the stored gradient is scaled by it alone.
     """
     from .torch_function import FusedDivergence
 
-    return FusedDivergence.apply(y_true, y_pred, keep, axis, options, grad_scale_hint)
+    return FusedDivergence.apply(y_true, y_pred, keep, axis, options, grad_scale_hint, reduce)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from .fused import _kernel_options, _squared_temperature
@@ -33,22 +34,28 @@ def _fused_rows(
     triton: bool,
     t: torch.Tensor,
     p: torch.Tensor,
-    coef: torch.Tensor,
+    coef: float | torch.Tensor,
     keep_rows: torch.Tensor | None,
     options: Any,
     want_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(values [rows], grad [rows, n] or None)`` from the kernel that serves these tensors."""
+    """``(values [rows], grad [rows, n] or None)`` from the kernel that serves these tensors.
+
+    ``coef`` scales each row's gradient: one number for every row, or a float64 tensor ``[rows]``.
+    """
+    rows = p.shape[0]
     if triton:
         from .triton import fused_rows_triton
 
+        if not isinstance(coef, torch.Tensor):
+            coef = torch.full((rows,), coef, dtype=torch.float64, device=p.device)
         return fused_rows_triton(t, p, coef, keep_rows, want_grad=want_grad, **_kernel_options(options))
     from .numba_cpu import fused_rows
 
     values, grad = fused_rows(
         t.numpy(),
         p.numpy(),
-        coef.numpy(),
+        coef.numpy() if isinstance(coef, torch.Tensor) else np.full(rows, coef),
         None if keep_rows is None else keep_rows.numpy(),
         want_grad=want_grad,
         **_kernel_options(options),
@@ -56,13 +63,21 @@ def _fused_rows(
     return torch.from_numpy(values), None if grad is None else torch.from_numpy(grad)
 
 
+def _rows_last(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """``x`` detached, with ``axis`` moved last, C-contiguous (no copy when it already is)."""
+    x = x.detach()
+    if axis not in (-1, x.ndim - 1):
+        x = torch.movedim(x, axis, -1)
+    return x.contiguous()
+
+
 class FusedDivergence(torch.autograd.Function):
-    """Per-sample divergence of ``y_true`` (no gradient) and ``y_pred`` (gradient from the kernel)."""
+    """Per-sample divergence of ``y_true`` (no gradient) and ``y_pred`` (gradient from the kernel),
+    optionally followed by a linear reduction whose gradient is ``grad_scale_hint`` at every row."""
 
     @staticmethod
-    def forward(ctx, y_true, y_pred, keep, axis, options, grad_scale_hint):
-        t = torch.movedim(y_true.detach(), axis, -1).contiguous()
-        p = torch.movedim(y_pred.detach(), axis, -1).contiguous()
+    def forward(ctx, y_true, y_pred, keep, axis, options, grad_scale_hint, reduce=None):
+        t, p = _rows_last(y_true, axis), _rows_last(y_pred, axis)
         batch_shape, n = p.shape[:-1], p.shape[-1]
         rows = math.prod(batch_shape)
         triton = _uses_triton(p, options)
@@ -73,41 +88,50 @@ class FusedDivergence(torch.autograd.Function):
         want_grad = bool(ctx.needs_input_grad[1])
         scale = grad_scale_hint * squared_t
         values, grad = _fused_rows(
-            triton,
-            t.reshape(rows, n),
-            p.reshape(rows, n),
-            torch.full((rows,), scale, dtype=torch.float64, device=p.device),
-            keep_rows,
-            options,
-            want_grad,
+            triton, t.reshape(rows, n), p.reshape(rows, n), scale, keep_rows, options, want_grad
         )
         if want_grad:
             ctx.save_for_backward(t, p)
             ctx.grad = grad  # not saved_tensors: backward may rescale it in place
             ctx.hint = scale
-            ctx.layout = (tuple(p.shape), axis, keep_rows, options, triton)
+            ctx.layout = (tuple(p.shape), axis, keep_rows, options, triton, reduce is not None)
             ctx.consumed = False
         if squared_t != 1.0:
             values *= squared_t
         # float16 / bfloat16 y_pred (the Triton kernel reads them as they are): float32 values,
         # kldiv's compute dtype; the reduction and the cast to the output dtype follow.
-        return values.to(torch.promote_types(p.dtype, torch.float32)).reshape(batch_shape)
+        dtype = torch.promote_types(p.dtype, torch.float32)
+        values = (values if values.dtype == dtype else values.to(dtype)).reshape(batch_shape)
+        return values if reduce is None else reduce(values)
 
     @staticmethod
-    def backward(ctx, grad_values):
+    def backward(ctx, grad_output):
         t, p = ctx.saved_tensors
         grad = ctx.grad
-        moved_shape, axis, keep_rows, options, triton = ctx.layout
+        moved_shape, axis, keep_rows, options, triton, reduced = ctx.layout
         rows = grad.shape[0]
         squared_t = _squared_temperature(options)
-        upstream = grad_values.reshape(rows).to(torch.float64)
+        if reduced:
+            # One scalar upstream gradient g: row r received g · hint, and the stored gradient is
+            # already scaled by hint, so it is scaled by g alone.
+            if ctx.consumed:
+                upstream = grad_output.to(torch.float64).expand(rows) * (ctx.hint / squared_t)
+            elif triton or float(grad_output) != 1.0:
+                grad.mul_(grad_output.to(torch.promote_types(grad.dtype, torch.float32)))
+        else:
+            upstream = grad_output.reshape(rows).to(torch.float64)
+            if not ctx.consumed and (triton or not bool(torch.all(upstream == ctx.hint / squared_t))):
+                factor = (upstream * (squared_t / ctx.hint)).to(
+                    torch.promote_types(grad.dtype, torch.float32)
+                )
+                grad.mul_(factor[:, None])
         if ctx.consumed:
             n = moved_shape[-1]
             _, grad = _fused_rows(
                 triton, t.reshape(rows, n), p.reshape(rows, n), upstream * squared_t, keep_rows, options, True
             )
-        elif triton or not bool(torch.all(upstream == ctx.hint / squared_t)):
-            factor = (upstream * (squared_t / ctx.hint)).to(torch.promote_types(grad.dtype, torch.float32))
-            grad.mul_(factor[:, None])
         ctx.consumed = True
-        return None, torch.movedim(grad.reshape(moved_shape), -1, axis), None, None, None, None
+        grad = grad.reshape(moved_shape)
+        if axis not in (-1, len(moved_shape) - 1):
+            grad = torch.movedim(grad, -1, axis)
+        return None, grad, None, None, None, None, None
