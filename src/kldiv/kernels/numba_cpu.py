@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -49,6 +50,9 @@ BLOCK = 512
 # (probabilities, T = 1; written directly) or ``g`` (log-probabilities, T = 1; written directly).
 GRAD_SOFTMAX, GRAD_PROBS, GRAD_LOG_PROBS = 0, 1, 2
 SMALLEST_NORMAL_FLOAT32 = float(np.finfo(np.float32).tiny)
+# Runs of rows per thread in the general kernel; each allocates its scratch rows once (a few runs
+# per thread balance uneven rows, e.g. masked ones).
+ROW_RUNS_PER_THREAD = 4
 
 _inline = njit(inline="always", fastmath=FASTMATH, cache=True)
 forward_term = _inline(grads.forward_term)
@@ -75,40 +79,52 @@ def _row_max(row):
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
-def _fill_log_probs(x, fmt, use_lse, epsilon, inv_t, out):
-    """``out ← c``, one side's log-probabilities before Keras' clip: ``log clip(x)`` for probabilities,
-    ``x`` for log-probabilities, and ``log_softmax(u / T)`` (``u`` = either of those or the logits)
-    where ``use_lse``: ``c = (u/T − top) − log Σ exp(u/T − top)``, ``top = max u/T``."""
+def _log_probs_of(x, fmt, use_lse, epsilon, inv_t, scratch):
+    """One side's log-probabilities before Keras' clip, as ``c_i = (src_i · factor − top) − log_total``;
+    returns ``(src, factor, top, log_total)``.
+
+    ``u`` is ``log clip(x)`` for probabilities (written to ``scratch``, which becomes ``src``) and
+    ``x`` itself otherwise (read in place, never copied). Where ``use_lse``,
+    ``c = log_softmax(u / T) = (u/T − top) − log Σ exp(u/T − top)``, ``top = max u/T``; else
+    ``c = u / T`` (``top = log_total = 0``).
+    """
     n = x.shape[0]
     one = like(x[0], 1.0)
+    zero = like(x[0], 0.0)
     factor = like(x[0], inv_t)
+    src = x
     if fmt == PROBS:
         low = like(x[0], epsilon)
         if epsilon >= SMALLEST_NORMAL_FLOAT32:
             for i in range(n):
-                out[i] = fast_log_normal(_clip(x[i], low, one)) * factor
+                scratch[i] = fast_log_normal(_clip(x[i], low, one)) * factor
         elif epsilon > 0:
             for i in range(n):
-                out[i] = fast_log(_clip(x[i], low, one)) * factor
+                scratch[i] = fast_log(_clip(x[i], low, one)) * factor
         else:
             for i in range(n):
-                out[i] = fast_log(x[i]) * factor
-    else:
-        for i in range(n):
-            out[i] = x[i] * factor
-    if use_lse:
-        top = _row_max(out)
-        if not np.isfinite(top):
-            top = like(top, 0.0)
-        total = 0.0
-        for start in range(0, n, BLOCK):
-            block = like(top, 0.0)
-            for i in range(start, min(start + BLOCK, n)):
-                block += fast_exp(out[i] - top)
-            total += block
-        log_total = like(top, math.log(total))
-        for i in range(n):
-            out[i] = (out[i] - top) - log_total
+                scratch[i] = fast_log(x[i]) * factor
+        src = scratch
+        factor = one
+    if not use_lse:
+        return src, factor, zero, zero
+    top = _row_max(src) * factor  # = max(u / T): T > 0 and rounding are monotonic
+    if not np.isfinite(top):
+        top = zero
+    total = 0.0
+    for start in range(0, n, BLOCK):
+        block = zero
+        for i in range(start, min(start + BLOCK, n)):
+            block += fast_exp(src[i] * factor - top)
+        total += block
+    return src, factor, top, like(top, math.log(total))
+
+
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def _c(side, i):
+    """Entry ``i`` of a side's log-probabilities ``c`` (see :func:`_log_probs_of`)."""
+    src, factor, top, log_total = side
+    return (src[i] * factor - top) - log_total
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
@@ -151,32 +167,34 @@ def _element(a, t, b, q, kind, exact, beta, log_beta, log1m_beta):
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
-def _row_values(ac, bc, p_raw, grad_row, kind, mode, constants, want_grad):
-    """One row's ``(Σ term, Σ g)``; writes ``g`` (or the finished gradient, see :data:`GRAD_PROBS`)
-    into ``grad_row``. ``ac`` / ``bc`` hold ``c`` of each side (:func:`_fill_log_probs`); ``kind`` and
-    ``mode`` are compile-time constants at every call site: the loop is branch-free and vectorizes."""
+def _row_values(a_side, b_side, p_raw, g_row, kind, mode, constants, want_grad):
+    """One row's ``(Σ term, Σ g)``; writes ``g`` (:data:`GRAD_SOFTMAX`) or the finished gradient
+    (see :data:`GRAD_PROBS`) into ``g_row``. ``a_side`` / ``b_side`` give ``c`` of each side
+    (:func:`_log_probs_of`); ``kind`` and ``mode`` are compile-time constants at every call site:
+    the loop is branch-free and vectorizes."""
     epsilon, log_epsilon, scale, beta, log_beta, log1m_beta = constants
+    zero = like(a_side[2], 0.0)
     exact = epsilon == 0.0
-    zero = like(ac[0], 0.0)
-    one = like(ac[0], 1.0)
-    low = like(ac[0], epsilon)
-    log_low = like(ac[0], log_epsilon)
-    scale = like(ac[0], scale)
+    one = like(zero, 1.0)
+    low = like(zero, epsilon)
+    log_low = like(zero, log_epsilon)
+    scale = like(zero, scale)
     total = 0.0
     g_total = 0.0
-    n = bc.shape[0]
+    n = p_raw.shape[0]
     for start in range(0, n, BLOCK):
         block_total = zero
         block_g = zero
         for i in range(start, min(start + BLOCK, n)):
-            a = ac[i] if exact else _clip(ac[i], log_low, zero)
+            ca = _c(a_side, i)
+            a = ca if exact else _clip(ca, log_low, zero)
             t_i = fast_exp(a)
             if mode == GRAD_PROBS:
-                b = bc[i]
+                b = _c(b_side, i)
                 q = p_raw[i] if exact else _clip(p_raw[i], low, one)
                 kept = q == p_raw[i]
             else:
-                c = bc[i]
+                c = _c(b_side, i)
                 b = c if exact else _clip(c, log_low, zero)
                 kept = b == c
                 q = fast_exp(b)
@@ -186,11 +204,11 @@ def _row_values(ac, bc, p_raw, grad_row, kind, mode, constants, want_grad):
                 g = g if kept else zero
                 if mode == GRAD_SOFTMAX:
                     block_g += g
-                    grad_row[i] = g
+                    g_row[i] = g
                 elif mode == GRAD_PROBS:
-                    grad_row[i] = (g / p_raw[i] if g != 0.0 else g) * scale
+                    g_row[i] = (g / p_raw[i] if g != 0.0 else g) * scale
                 else:
-                    grad_row[i] = g * scale
+                    g_row[i] = g * scale
         total += block_total
         g_total += block_g
     return total, g_total
@@ -208,15 +226,17 @@ def _masked_row(r, keep, values, grad, want_grad):
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
-def _softmax_chain(bc, p_raw, grad_row, pred_format, epsilon, factor, g_sum):
+def _softmax_chain(b_side, g_row, p_raw, grad_row, pred_format, epsilon, factor, g_sum):
     """``grad ← (g − softmax · Σg) · factor`` with ``softmax = exp(c)``; one more ``1/p`` (0 where
-    clipped) when ``u = log clip(p)``."""
-    factor = like(bc[0], factor)
-    g_sum = like(bc[0], g_sum)
-    one = like(bc[0], 1.0)
-    low = like(bc[0], epsilon)
-    for i in range(bc.shape[0]):
-        value = (grad_row[i] - fast_exp(bc[i]) * g_sum) * factor
+    clipped) when ``u = log clip(p)``. Entry ``i`` of ``p_raw`` is read before ``grad_row[i]`` is
+    written (the gradient may overwrite ``y_pred``)."""
+    zero = like(b_side[2], 0.0)
+    factor = like(zero, factor)
+    g_sum = like(zero, g_sum)
+    one = like(zero, 1.0)
+    low = like(zero, epsilon)
+    for i in range(p_raw.shape[0]):
+        value = (g_row[i] - fast_exp(_c(b_side, i)) * g_sum) * factor
         if pred_format == PROBS:
             x = p_raw[i]
             inside = x == _clip(x, low, one) if epsilon > 0 else x != 0.0
@@ -231,27 +251,33 @@ def general_kernel(kind: int, mode: int):
     first use and cached on disk (Numba keys the cache by the closure's values)."""
 
     @njit(parallel=True, fastmath=FASTMATH, cache=True)
-    def kernel(t, p, coef, keep, values, grad, true_format, pred_format, epsilon, inv_t, beta, want_grad):
+    def kernel(
+        t, p, coef, keep, values, grad, true_format, pred_format, epsilon, inv_t, beta, want_grad, parts
+    ):
         rows, n = p.shape
         true_lse = true_format == LOGITS or inv_t != 1.0
         pred_lse = mode == GRAD_SOFTMAX
         log_epsilon = math.log(epsilon) if epsilon > 0 else -np.inf
         log_beta = math.log(beta)
         log1m_beta = math.log1p(-beta)
-        for r in prange(rows):
-            if _masked_row(r, keep, values, grad, want_grad):
-                continue
-            scratch = np.empty((2, n), dtype=p.dtype)  # one row of c per side, cache-resident
-            grad_row = grad[r] if want_grad else grad[0]
-            _fill_log_probs(t[r], true_format, true_lse, epsilon, inv_t, scratch[0])
-            _fill_log_probs(p[r], pred_format, pred_lse, epsilon, inv_t, scratch[1])
-            constants = (epsilon, log_epsilon, coef[r], beta, log_beta, log1m_beta)
-            total, g_sum = _row_values(
-                scratch[0], scratch[1], p[r], grad_row, kind, mode, constants, want_grad
-            )
-            values[r] = total
-            if want_grad and pred_lse:
-                _softmax_chain(scratch[1], p[r], grad_row, pred_format, epsilon, inv_t * coef[r], g_sum)
+        for part in prange(parts):
+            # Cache-resident rows, allocated once per run of rows: each side's log clip(p) for
+            # probabilities, and g before the softmax chain rule.
+            scratch = np.empty((2, n), dtype=p.dtype)
+            g_scratch = np.empty(n, dtype=p.dtype)  # its own block: LLVM then vectorizes the g loop
+            for r in range(part * rows // parts, (part + 1) * rows // parts):
+                if _masked_row(r, keep, values, grad, want_grad):
+                    continue
+                grad_row = grad[r] if want_grad else grad[0]
+                a_side = _log_probs_of(t[r], true_format, true_lse, epsilon, inv_t, scratch[0])
+                b_side = _log_probs_of(p[r], pred_format, pred_lse, epsilon, inv_t, scratch[1])
+                constants = (epsilon, log_epsilon, coef[r], beta, log_beta, log1m_beta)
+                g_row = g_scratch if pred_lse else grad_row
+                total, g_sum = _row_values(a_side, b_side, p[r], g_row, kind, mode, constants, want_grad)
+                values[r] = total
+                if want_grad and pred_lse:
+                    factor = inv_t * coef[r]
+                    _softmax_chain(b_side, g_row, p[r], grad_row, pred_format, epsilon, factor, g_sum)
 
     return kernel
 
@@ -382,5 +408,6 @@ def fused_rows(
             inv_t,
             0.5 if beta is None else float(beta),
             bool(want_grad),
+            max(1, min(y_pred.shape[0], ROW_RUNS_PER_THREAD * numba.get_num_threads())),
         )
     return values, (grad if want_grad else None)
