@@ -284,3 +284,28 @@ def test_gradient_written_over_y_pred(pred_format, direction):
     np.testing.assert_allclose(grad_in_place, grad, rtol=2e-6, atol=1e-7)
     with pytest.raises(ValueError, match="`out`"):
         fused_rows(t, p, np.ones(9), out=np.empty((9, 299), np.float32), **kwargs)
+
+
+@pytest.mark.parametrize("epsilon", [1e-7, 0.0])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_non_finite_logit_rows_match_core(epsilon, direction):
+    """A row of all ``-inf`` logits, or with a NaN, gives NaN values and NaN gradients on both paths."""
+    t = torch.tensor([[0.0, 1.0, 2.0], [-np.inf, -np.inf, -np.inf], [1.0, np.nan, 0.0], [0.5, 0.0, 1.0]])
+    data = [[1.0, 0.0, 2.0], [-np.inf, -np.inf, -np.inf], [0.0, 1.0, 2.0], [np.nan, 0.0, 1.0]]
+    results = {}
+    for backend in ("numba", "core"):
+        p = torch.tensor(data, requires_grad=True)
+        value = kldiv.kl_divergence(
+            t,
+            p,
+            y_true_format="logits",
+            from_logits=True,
+            epsilon=epsilon,
+            direction=direction,
+            backend=backend,
+        )
+        value.sum().backward()
+        results[backend] = (value.detach().numpy(), p.grad.numpy())
+    for kernel, core in zip(results["numba"], results["core"], strict=True):
+        np.testing.assert_array_equal(np.isnan(kernel), np.isnan(core))
+        np.testing.assert_allclose(kernel, core, rtol=1e-5, atol=1e-6)

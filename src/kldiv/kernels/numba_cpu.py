@@ -13,12 +13,15 @@ Derivation (``a = log t``, ``b = log q``; ``g_i = ∂ℓ/∂b_i`` from :mod:`kld
                                                g'_j = g_j · [c_j not clipped]
 
 (``u`` is the raw input, ``log p`` for probabilities). Keras' clip gives a zero gradient where it
-acts. Per row, each side's unclipped log-probabilities ``c`` are first written to a cache-resident
-scratch row (:func:`_fill_log_probs`: the log, or the max and the exponential sum of the
-log-sum-exp), then one pass computes the value and ``g`` (written into the gradient row), and — only
-for log-softmax inputs — a last pass finishes the gradient; the only array of the input's size that
-is written is the gradient itself. Rows run in parallel (``prange``); each block of :data:`BLOCK`
-entries is summed in the data's dtype (all vector lanes busy) and the block sums in float64.
+acts. Per row, :func:`_log_probs_of` describes each side's unclipped log-probabilities as
+``c_i = (src_i / T − top) − log_total``: log-probabilities and logits are read in place, probabilities
+have their log written to a cache-resident scratch row first, and a log-softmax side takes a max
+pass and an exponential-sum pass (the student's exponentials are kept in scratch, so the softmax of
+the chain rule costs no second ``exp``). One pass then computes the value and ``g``, and — only for
+log-softmax students — a last pass finishes the gradient; the only array of the input's size that
+is written is the gradient itself. Runs of rows go to the threads (``prange``; each run allocates its
+scratch once); each block of :data:`BLOCK` entries is summed in the data's dtype (all vector lanes
+busy) and the block sums in float64.
 
 Every hot loop is branch-free so that LLVM vectorizes it: the divergence and the gradient's chain
 rule are compile-time constants of :func:`general_kernel` (one kernel per pair, compiled on first use
@@ -79,14 +82,15 @@ def _row_max(row):
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
-def _log_probs_of(x, fmt, use_lse, epsilon, inv_t, scratch):
-    """One side's log-probabilities before Keras' clip, as ``c_i = (src_i · factor − top) − log_total``;
-    returns ``(src, factor, top, log_total)``.
+def _log_probs_of(x, fmt, use_lse, keep_e, epsilon, inv_t, log_scratch, exp_scratch):
+    """One side's log-probabilities before Keras' clip, ``c_i = (src_i · factor − top) − log_total``,
+    and its probabilities; returns the side ``(src, factor, top, log_total, has_e, e, inv_total)``.
 
-    ``u`` is ``log clip(x)`` for probabilities (written to ``scratch``, which becomes ``src``) and
-    ``x`` itself otherwise (read in place, never copied). Where ``use_lse``,
-    ``c = log_softmax(u / T) = (u/T − top) − log Σ exp(u/T − top)``, ``top = max u/T``; else
-    ``c = u / T`` (``top = log_total = 0``).
+    ``u`` is ``log clip(x)`` for probabilities (written to ``log_scratch``, which becomes ``src``)
+    and ``x`` itself otherwise (read in place, never copied). Where ``use_lse``,
+    ``c = log_softmax(u / T) = (u/T − top) − log Σ exp(u/T − top)``, ``top = max u/T``; with
+    ``keep_e`` (a compile-time constant) the exponentials of the sum are kept in ``exp_scratch``
+    (``e``), so the probability is ``e_i / Σ e`` with no second ``exp``. Else ``c = u / T``.
     """
     n = x.shape[0]
     one = like(x[0], 1.0)
@@ -97,17 +101,17 @@ def _log_probs_of(x, fmt, use_lse, epsilon, inv_t, scratch):
         low = like(x[0], epsilon)
         if epsilon >= SMALLEST_NORMAL_FLOAT32:
             for i in range(n):
-                scratch[i] = fast_log_normal(_clip(x[i], low, one)) * factor
+                log_scratch[i] = fast_log_normal(_clip(x[i], low, one)) * factor
         elif epsilon > 0:
             for i in range(n):
-                scratch[i] = fast_log(_clip(x[i], low, one)) * factor
+                log_scratch[i] = fast_log(_clip(x[i], low, one)) * factor
         else:
             for i in range(n):
-                scratch[i] = fast_log(x[i]) * factor
-        src = scratch
+                log_scratch[i] = fast_log(x[i]) * factor
+        src = log_scratch
         factor = one
     if not use_lse:
-        return src, factor, zero, zero
+        return src, factor, zero, zero, False, exp_scratch, zero
     top = _row_max(src) * factor  # = max(u / T): T > 0 and rounding are monotonic
     if not np.isfinite(top):
         top = zero
@@ -115,16 +119,34 @@ def _log_probs_of(x, fmt, use_lse, epsilon, inv_t, scratch):
     for start in range(0, n, BLOCK):
         block = zero
         for i in range(start, min(start + BLOCK, n)):
-            block += fast_exp(src[i] * factor - top)
+            e = fast_exp(src[i] * factor - top)
+            if keep_e:
+                exp_scratch[i] = e
+            block += e
         total += block
-    return src, factor, top, like(top, math.log(total))
+    log_total = math.log(total)
+    # 1 / Σ e without dividing (Numba raises on 0): an all-(-inf) row has Σ e = 0, and its
+    # probabilities 0 · inf = NaN, as the core's exp(-inf - (-inf)).
+    return src, factor, top, like(top, log_total), keep_e, exp_scratch, like(top, math.exp(-log_total))
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
 def _c(side, i):
     """Entry ``i`` of a side's log-probabilities ``c`` (see :func:`_log_probs_of`)."""
-    src, factor, top, log_total = side
+    src, factor, top, log_total, _, _, _ = side
     return (src[i] * factor - top) - log_total
+
+
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def _prob(side, i, log_prob, exact, low, one):
+    """The probability of entry ``i`` whose (clipped) log-probability is ``log_prob``: ``e_i / Σ e``
+    (clipped to ``[ε, 1]`` as the log was) when the side kept its exponentials, else ``exp``.
+    Whether it kept them must be a compile-time constant (a runtime branch stops vectorization)."""
+    _, _, _, _, has_e, e, inv_total = side
+    if has_e:
+        q = e[i] * inv_total
+        return q if exact else _clip(q, low, one)
+    return fast_exp(log_prob)
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
@@ -197,7 +219,7 @@ def _row_values(a_side, b_side, p_raw, g_row, kind, mode, constants, want_grad):
                 c = _c(b_side, i)
                 b = c if exact else _clip(c, log_low, zero)
                 kept = b == c
-                q = fast_exp(b)
+                q = _prob(b_side, i, b, exact, low, one)
             term, g = _element(a, t_i, b, q, kind, exact, beta, log_beta, log1m_beta)
             block_total += term
             if want_grad:
@@ -236,7 +258,7 @@ def _softmax_chain(b_side, g_row, p_raw, grad_row, pred_format, epsilon, factor,
     one = like(zero, 1.0)
     low = like(zero, epsilon)
     for i in range(p_raw.shape[0]):
-        value = (g_row[i] - fast_exp(_c(b_side, i)) * g_sum) * factor
+        value = (g_row[i] - b_side[5][i] * b_side[6] * g_sum) * factor  # softmax = e_i / Σ e
         if pred_format == PROBS:
             x = p_raw[i]
             inside = x == _clip(x, low, one) if epsilon > 0 else x != 0.0
@@ -261,16 +283,22 @@ def general_kernel(kind: int, mode: int):
         log_beta = math.log(beta)
         log1m_beta = math.log1p(-beta)
         for part in prange(parts):
-            # Cache-resident rows, allocated once per run of rows: each side's log clip(p) for
-            # probabilities, and g before the softmax chain rule.
-            scratch = np.empty((2, n), dtype=p.dtype)
-            g_scratch = np.empty(n, dtype=p.dtype)  # its own block: LLVM then vectorizes the g loop
+            # Cache-resident rows, allocated once per run of rows, each group in its own block (LLVM
+            # then vectorizes the loops that read one and write another): each side's log clip(p)
+            # for probabilities, each side's exponentials of the log-sum-exp, g before the chain rule.
+            log_scratch = np.empty((2, n), dtype=p.dtype)
+            exp_scratch = np.empty((2, n), dtype=p.dtype)
+            g_scratch = np.empty(n, dtype=p.dtype)
             for r in range(part * rows // parts, (part + 1) * rows // parts):
                 if _masked_row(r, keep, values, grad, want_grad):
                     continue
                 grad_row = grad[r] if want_grad else grad[0]
-                a_side = _log_probs_of(t[r], true_format, true_lse, epsilon, inv_t, scratch[0])
-                b_side = _log_probs_of(p[r], pred_format, pred_lse, epsilon, inv_t, scratch[1])
+                a_side = _log_probs_of(
+                    t[r], true_format, true_lse, False, epsilon, inv_t, log_scratch[0], exp_scratch[0]
+                )
+                b_side = _log_probs_of(
+                    p[r], pred_format, pred_lse, pred_lse, epsilon, inv_t, log_scratch[1], exp_scratch[1]
+                )
                 constants = (epsilon, log_epsilon, coef[r], beta, log_beta, log1m_beta)
                 g_row = g_scratch if pred_lse else grad_row
                 total, g_sum = _row_values(a_side, b_side, p[r], g_row, kind, mode, constants, want_grad)
