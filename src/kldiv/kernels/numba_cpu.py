@@ -282,6 +282,9 @@ def general_kernel(kind: int, mode: int):
         log_epsilon = math.log(epsilon) if epsilon > 0 else -np.inf
         log_beta = math.log(beta)
         log1m_beta = math.log1p(-beta)
+        # The student's exponentials are kept where they are used again: the softmax of the chain
+        # rule, and q in every divergence but the forward KL.
+        keep_e = pred_lse and (want_grad or kind != FORWARD)
         for part in prange(parts):
             # Cache-resident rows, allocated once per run of rows, each group in its own block (LLVM
             # then vectorizes the loops that read one and write another): each side's log clip(p)
@@ -297,7 +300,7 @@ def general_kernel(kind: int, mode: int):
                     t[r], true_format, true_lse, False, epsilon, inv_t, log_scratch[0], exp_scratch[0]
                 )
                 b_side = _log_probs_of(
-                    p[r], pred_format, pred_lse, pred_lse, epsilon, inv_t, log_scratch[1], exp_scratch[1]
+                    p[r], pred_format, pred_lse, keep_e, epsilon, inv_t, log_scratch[1], exp_scratch[1]
                 )
                 constants = (epsilon, log_epsilon, coef[r], beta, log_beta, log1m_beta)
                 g_row = g_scratch if pred_lse else grad_row
