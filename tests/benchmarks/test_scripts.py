@@ -1,0 +1,44 @@
+"""The stand-alone scripts under ``benchmarks/`` run end to end at tiny sizes (no timing assertions)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_logits_kernel_script_prints_every_case():
+    pytest.importorskip("jax")
+    pytest.importorskip("numba")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "logits_kernel.py"),
+            "--rows",
+            "3",
+            "--vocab",
+            "17",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = re.findall(
+        r"^(\w+ \w+ value(?:\+grad)?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", done.stdout, re.MULTILINE
+    )
+    assert [row[0] for row in rows] == [
+        f"{fmt} {direction} {mode}"
+        for fmt, direction in (("logits", "forward"), ("log_probs", "forward"), ("logits", "reverse"))
+        for mode in ("value", "value+grad")
+    ]
+    for _, kldiv_ms, jax_ms, ratio in rows:
+        assert float(ratio) == pytest.approx(float(jax_ms) / float(kldiv_ms), rel=0.05, abs=0.01)
