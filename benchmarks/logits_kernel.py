@@ -6,7 +6,7 @@ kldiv's kernel (``kldiv.kernels.numba_cpu.fused_rows``, value only and value + g
 divergence as a ``jax.jit`` program (``log_softmax`` of both inputs, then the KL; ``jax.value_and_grad``
 for the gradient), interleaved, median of ``--repeats`` calls after a warm-up, and prints JAX / kldiv.
 
-    python benchmarks/logits_kernel.py --rows 4096 --vocab 32000 --repeats 7
+    python benchmarks/logits_kernel.py --rows 4096 --vocab 32000 --repeats 7 [--blocks]
 """
 
 from __future__ import annotations
@@ -54,15 +54,19 @@ def _jax_call(program, t, p):
     return lambda: jax.block_until_ready(program(t, p))
 
 
-def _median_ms(calls: dict, repeats: int) -> dict:
+def _median_ms(calls: dict, repeats: int, blocks: bool) -> dict:
+    """Median ms per call: interleaved round-robin, or (``blocks``) each call's repeats back to back."""
     for call in calls.values():
         call()
     times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
+    if blocks:
+        order = [name for name in calls for _ in range(repeats)]
+    else:
+        order = [name for _ in range(repeats) for name in calls]
+    for name in order:
+        start = time.perf_counter()
+        calls[name]()
+        times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
@@ -71,6 +75,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--blocks",
+        action="store_true",
+        help="time each implementation's calls back to back instead of interleaved (JAX's and Numba's "
+        "thread pools then do not take turns spinning on the two cores)",
+    )
     args = parser.parse_args()
 
     import jax
@@ -79,7 +89,8 @@ def main() -> None:
     shape = (args.rows, args.vocab)
     logits = [(2.0 * rng.standard_normal(shape)).astype(np.float32) for _ in range(2)]
     log_probs = [x - np.log(np.exp(x).sum(-1, keepdims=True)) for x in logits]
-    print(f"[{args.rows}, {args.vocab}] fp32, median of {args.repeats} interleaved calls (ms)")
+    how = "back-to-back" if args.blocks else "interleaved"
+    print(f"[{args.rows}, {args.vocab}] fp32, median of {args.repeats} {how} calls (ms)")
     print(f"{'case':<30} {'kldiv':>9} {'JAX jit':>9} {'JAX/kldiv':>10}")
     for fmt, direction in CASES:
         t, p = logits if fmt == "logits" else log_probs
@@ -91,7 +102,7 @@ def main() -> None:
             "kldiv_grad": _kldiv_call(t, p, fmt, direction, True),
             "jax_grad": _jax_call(value_and_grad, tj, pj),
         }
-        ms = _median_ms(calls, args.repeats)
+        ms = _median_ms(calls, args.repeats, args.blocks)
         for mode, suffix in (("value", ""), ("value+grad", "_grad")):
             k, j = ms["kldiv" + suffix], ms["jax" + suffix]
             print(f"{fmt + ' ' + direction + ' ' + mode:<30} {k:>9.1f} {j:>9.1f} {j / k:>10.2f}")

@@ -16,8 +16,10 @@ Derivation (``a = log t``, ``b = log q``; ``g_i = ∂ℓ/∂b_i`` from :mod:`kld
 acts. Per row, :func:`_log_probs_of` describes each side's unclipped log-probabilities as
 ``c_i = (src_i / T − top) − log_total``: log-probabilities and logits are read in place, probabilities
 have their log written to a cache-resident scratch row first, and a log-softmax side takes a max
-pass and an exponential-sum pass (the student's exponentials are kept in scratch, so the softmax of
-the chain rule costs no second ``exp``). One pass then computes the value and ``g``, and — only for
+pass and an exponential-sum pass whose exponentials are kept in scratch where the divergence reads the
+probabilities (``t`` and ``q = e_i / Σ e``, and the softmax of the chain rule: no second ``exp``; a
+side without a log-softmax gets a pass of ``e = exp(c)`` instead). Which sides keep them is a
+compile-time constant of the kernel. One pass then computes the value and ``g``, and — only for
 log-softmax students — a last pass finishes the gradient; the only array of the input's size that
 is written is the gradient itself. Runs of rows go to the threads (``prange``; each run allocates its
 scratch once); each block of :data:`BLOCK` entries is summed in the data's dtype (all vector lanes
@@ -84,13 +86,15 @@ def _row_max(row):
 @njit(inline="always", fastmath=FASTMATH, cache=True)
 def _log_probs_of(x, fmt, use_lse, keep_e, epsilon, inv_t, log_scratch, exp_scratch):
     """One side's log-probabilities before Keras' clip, ``c_i = (src_i · factor − top) − log_total``,
-    and its probabilities; returns the side ``(src, factor, top, log_total, has_e, e, inv_total)``.
+    and, with ``keep_e``, its probabilities ``e_i · inv_total``; returns the side
+    ``(src, factor, top, log_total, e, inv_total)``.
 
     ``u`` is ``log clip(x)`` for probabilities (written to ``log_scratch``, which becomes ``src``)
     and ``x`` itself otherwise (read in place, never copied). Where ``use_lse``,
-    ``c = log_softmax(u / T) = (u/T − top) − log Σ exp(u/T − top)``, ``top = max u/T``; with
-    ``keep_e`` (a compile-time constant) the exponentials of the sum are kept in ``exp_scratch``
-    (``e``), so the probability is ``e_i / Σ e`` with no second ``exp``. Else ``c = u / T``.
+    ``c = log_softmax(u / T) = (u/T − top) − log Σ exp(u/T − top)``, ``top = max u/T``, and the
+    exponentials of the sum are kept in ``exp_scratch`` (no second ``exp`` for the probabilities);
+    else ``c = u / T`` and ``e = exp(c)`` takes a pass of its own. ``keep_e`` must be a compile-time
+    constant (the caller knows which sides' probabilities its divergence reads).
     """
     n = x.shape[0]
     one = like(x[0], 1.0)
@@ -111,7 +115,10 @@ def _log_probs_of(x, fmt, use_lse, keep_e, epsilon, inv_t, log_scratch, exp_scra
         src = log_scratch
         factor = one
     if not use_lse:
-        return src, factor, zero, zero, False, exp_scratch, zero
+        if keep_e:
+            for i in range(n):
+                exp_scratch[i] = fast_exp(src[i] * factor)
+        return src, factor, zero, zero, exp_scratch, one
     top = _row_max(src) * factor  # = max(u / T): T > 0 and rounding are monotonic
     if not np.isfinite(top):
         top = zero
@@ -127,26 +134,23 @@ def _log_probs_of(x, fmt, use_lse, keep_e, epsilon, inv_t, log_scratch, exp_scra
     log_total = math.log(total)
     # 1 / Σ e without dividing (Numba raises on 0): an all-(-inf) row has Σ e = 0, and its
     # probabilities 0 · inf = NaN, as the core's exp(-inf - (-inf)).
-    return src, factor, top, like(top, log_total), keep_e, exp_scratch, like(top, math.exp(-log_total))
+    return src, factor, top, like(top, log_total), exp_scratch, like(top, math.exp(-log_total))
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
 def _c(side, i):
     """Entry ``i`` of a side's log-probabilities ``c`` (see :func:`_log_probs_of`)."""
-    src, factor, top, log_total, _, _, _ = side
+    src, factor, top, log_total, _, _ = side
     return (src[i] * factor - top) - log_total
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
-def _prob(side, i, log_prob, exact, low, one):
-    """The probability of entry ``i`` whose (clipped) log-probability is ``log_prob``: ``e_i / Σ e``
-    (clipped to ``[ε, 1]`` as the log was) when the side kept its exponentials, else ``exp``.
-    Whether it kept them must be a compile-time constant (a runtime branch stops vectorization)."""
-    _, _, _, _, has_e, e, inv_total = side
-    if has_e:
-        q = e[i] * inv_total
-        return q if exact else _clip(q, low, one)
-    return fast_exp(log_prob)
+def _prob(side, i, exact, low, one):
+    """Entry ``i`` of a side's probabilities, ``e_i · inv_total``, clipped to ``[ε, 1]`` as its log
+    is (only for a side whose exponentials were kept)."""
+    _, _, _, _, e, inv_total = side
+    q = e[i] * inv_total
+    return q if exact else _clip(q, low, one)
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
@@ -212,7 +216,7 @@ def _row_values(a_side, b_side, p_raw, g_row, kind, mode, constants, want_grad):
         for i in range(start, min(start + BLOCK, n)):
             ca = _c(a_side, i)
             a = ca if exact else _clip(ca, log_low, zero)
-            t_i = fast_exp(a)
+            t_i = _prob(a_side, i, exact, low, one)
             if mode == GRAD_PROBS:
                 b = _c(b_side, i)
                 q = p_raw[i] if exact else _clip(p_raw[i], low, one)
@@ -221,7 +225,7 @@ def _row_values(a_side, b_side, p_raw, g_row, kind, mode, constants, want_grad):
                 c = _c(b_side, i)
                 b = c if exact else _clip(c, log_low, zero)
                 kept = b == c
-                q = _prob(b_side, i, b, exact, low, one)
+                q = _prob(b_side, i, exact, low, one)
             term, g = _element(a, t_i, b, q, kind, exact, beta, log_beta, log1m_beta)
             block_total += term
             if want_grad:
@@ -260,7 +264,7 @@ def _softmax_chain(b_side, g_row, p_raw, grad_row, pred_format, epsilon, factor,
     one = like(zero, 1.0)
     low = like(zero, epsilon)
     for i in range(p_raw.shape[0]):
-        value = (g_row[i] - b_side[5][i] * b_side[6] * g_sum) * factor  # softmax = e_i / Σ e
+        value = (g_row[i] - b_side[4][i] * b_side[5] * g_sum) * factor  # softmax = e_i / Σ e
         if pred_format == PROBS:
             x = p_raw[i]
             inside = x == _clip(x, low, one) if epsilon > 0 else x != 0.0
@@ -286,9 +290,11 @@ def general_kernel(kind: int, mode: int):
         log1m_beta = math.log1p(-beta)
         # The student's exponentials are kept where they are used again: the softmax of the chain
         # rule, and q in every divergence but the forward KL.
-        keep_e = pred_lse  # a compile-time constant: q in _row_values then has no runtime branch
-        if kind == FORWARD:
-            keep_e = pred_lse and want_grad  # the forward KL reads them in the chain rule only
+        # Which sides' probabilities are read (compile-time constants: kind and mode are): t except
+        # in the reverse KL; q except in the forward KL (and where it is p itself), and the
+        # student's softmax of the chain rule.
+        keep_true = kind != REVERSE
+        keep_pred = (kind != FORWARD and mode != GRAD_PROBS) or mode == GRAD_SOFTMAX
         for part in prange(parts):
             # Cache-resident rows, allocated once per run of rows, each group in its own block (LLVM
             # then vectorizes the loops that read one and write another): each side's log clip(p)
@@ -301,10 +307,10 @@ def general_kernel(kind: int, mode: int):
                     continue
                 grad_row = grad[r] if want_grad else grad[0]
                 a_side = _log_probs_of(
-                    t[r], true_format, true_lse, False, epsilon, inv_t, log_scratch[0], exp_scratch[0]
+                    t[r], true_format, true_lse, keep_true, epsilon, inv_t, log_scratch[0], exp_scratch[0]
                 )
                 b_side = _log_probs_of(
-                    p[r], pred_format, pred_lse, keep_e, epsilon, inv_t, log_scratch[1], exp_scratch[1]
+                    p[r], pred_format, pred_lse, keep_pred, epsilon, inv_t, log_scratch[1], exp_scratch[1]
                 )
                 constants = (epsilon, log_epsilon, coef[r], beta, log_beta, log1m_beta)
                 g_row = g_scratch if pred_lse else grad_row
