@@ -7,7 +7,7 @@ computed as float32) with at least :data:`AUTO_THRESHOLD_NUMPY` (NumPy, 2¹⁵),
 torch tensors when Numba is installed, the Triton kernel for CUDA torch tensors when Triton is
 installed. Below the threshold, the call overhead of a kernel outweighs its gain:
 ``benchmarks/auto_threshold.py`` times both paths from 2⁸ to 2²⁰ elements; the kernel wins from
-16 K elements on NumPy arrays, from 2–8 K on torch tensors with a gradient (one autograd node
+16 K elements on NumPy arrays, from 4–16 K on torch tensors with a gradient (one autograd node
 against the core's six) and from 65–262 K on torch tensors without one (``benchmarks/RESULTS.md``).
 ``backend="numba"`` / ``"triton"`` asks for that kernel (an error if it cannot serve the call),
 ``backend="core"`` for the core. ``backend="triton"`` also accepts CPU torch tensors while
