@@ -216,7 +216,8 @@ def _row_values(a_side, b_side, p_raw, g_row, kind, mode, constants, want_grad):
         for i in range(start, min(start + BLOCK, n)):
             ca = _c(a_side, i)
             a = ca if exact else _clip(ca, log_low, zero)
-            t_i = _prob(a_side, i, exact, low, one)
+            # The reverse KL never reads t; not even loading it keeps this loop vectorized.
+            t_i = zero if kind == REVERSE else _prob(a_side, i, exact, low, one)
             if mode == GRAD_PROBS:
                 b = _c(b_side, i)
                 q = p_raw[i] if exact else _clip(p_raw[i], low, one)
