@@ -139,21 +139,32 @@ class _Prepared:
                 return self._per_sample_core(options)
         return self._per_sample_core(options)
 
-    def reduced(self, options: Options, reduce: Callable[[Array], Array], gradient: float | None) -> Array:
+    def reduced(
+        self,
+        options: Options,
+        reduce: Callable[[Array], Array],
+        reduction: str | None,
+        losses_shape: tuple,
+        has_weight: bool,
+        num_items: Any,
+    ) -> Array:
         """``reduce(per-sample divergence)``.
 
-        ``gradient`` is ``∂ reduce(L) / ∂ L_i``, the same for every unmasked ``i`` (see
-        :meth:`reduction_gradient`), or None when it is not known. Torch tensors that a fused kernel
-        serves then get one autograd node for the divergence and its reduction together: the
-        kernel's gradient, pre-scaled by ``gradient``, is handed to autograd as it is.
+        Torch tensors that a fused kernel serves, with a reduction whose gradient is one number known
+        on the host (:meth:`reduction_gradient`), get one autograd node for the divergence and its
+        reduction together: the kernel's gradient, pre-scaled by that number, is handed to autograd
+        as it is.
         """
-        if gradient is not None and self.use_kernel and self.xp is not np:
-            from .kernels import fused
+        gradient = None
+        if self.use_kernel and self.xp is not np:
+            gradient = self.reduction_gradient(losses_shape, reduction, has_weight, num_items)
+        if gradient is None:
+            return reduce(self.per_sample(options))
+        from .kernels import fused
 
-            return fused.per_sample_torch(
-                options, self.y_true, self.y_pred, self.keep, self.axis, gradient, reduce=reduce
-            )
-        return reduce(self.per_sample(options, 1.0 if gradient is None else gradient))
+        return fused.per_sample_torch(
+            options, self.y_true, self.y_pred, self.keep, self.axis, gradient, reduce=reduce
+        )
 
     def _per_sample_core(self, options: Options) -> Array:
         losses = divergence(
@@ -412,12 +423,10 @@ class _DivergenceLoss:
                 xp, losses, weight, self.reduction, mask=prepared.keep, num_items=num_items
             )
 
-        gradient = (
-            prepared.reduction_gradient(loss_shape, self.reduction, weight is not None, num_items)
-            if prepared.use_kernel
-            else None
+        value = prepared.reduced(
+            self.options, reduce, self.reduction, loss_shape, weight is not None, num_items
         )
-        return prepared.output(prepared.reduced(self.options, reduce, gradient))
+        return prepared.output(value)
 
     def get_config(self) -> dict[str, Any]:
         """Every option: ``type(loss).from_config(loss.get_config())`` is an equal loss."""

@@ -32,6 +32,7 @@ def test_logits_kernel_script_prints_every_case():
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    # Each row holds three numbers (kldiv ms, JAX ms, their ratio); at this size they are rounding noise.
     rows = re.findall(
         r"^(\w+ \w+ value(?:\+grad)?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", done.stdout, re.MULTILINE
     )
@@ -40,5 +41,3 @@ def test_logits_kernel_script_prints_every_case():
         for fmt, direction in (("logits", "forward"), ("log_probs", "forward"), ("logits", "reverse"))
         for mode in ("value", "value+grad")
     ]
-    for _, kldiv_ms, jax_ms, ratio in rows:  # printed rounded: at this size only their sign is checkable
-        assert float(kldiv_ms) >= 0 and float(jax_ms) >= 0 and float(ratio) >= 0

@@ -289,8 +289,6 @@ def general_kernel(kind: int, mode: int):
         log_epsilon = math.log(epsilon) if epsilon > 0 else -np.inf
         log_beta = math.log(beta)
         log1m_beta = math.log1p(-beta)
-        # The student's exponentials are kept where they are used again: the softmax of the chain
-        # rule, and q in every divergence but the forward KL.
         # Which sides' probabilities are read (compile-time constants: kind and mode are): t except
         # in the reverse KL; q except in the forward KL (and where it is p itself), and the
         # student's softmax of the chain rule.
