@@ -208,7 +208,7 @@ BAD_OPTIONS = [
     ({"epsilon": 2}, ValueError, "epsilon", "2"),
     ({"epsilon": float("nan")}, ValueError, "epsilon", "nan"),
     ({"epsilon": "1e-7"}, TypeError, "epsilon", "'1e-7'"),
-    ({"epsilon": None}, TypeError, "epsilon", "None"),
+    ({"epsilon": [1e-7]}, TypeError, "epsilon", "[1e-07]"),
     ({"axis": 1.0}, TypeError, "axis", "1.0"),
     ({"axis": "-1"}, TypeError, "axis", "'-1'"),
     ({"dtype": "int32"}, ValueError, "dtype", "'int32'"),
@@ -283,3 +283,34 @@ def test_doctests_of_losses():
     result = doctest.testmod(kldiv.losses, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.attempted > 0
     assert result.failed == 0, f"{result.failed} of {result.attempted} doctest examples failed"
+
+
+@pytest.mark.parametrize(
+    ("formats", "expected"),
+    [
+        ({}, 1e-7),
+        ({"from_logits": True}, 0.0),
+        ({"y_true_format": "logits"}, 0.0),
+        ({"y_true_format": "log_probs", "y_pred_format": "log_probs"}, 0.0),
+    ],
+)
+def test_epsilon_default_is_the_keras_clip_for_probabilities_only(formats, expected):
+    loss = kldiv.KLDivergence(**formats)
+    assert loss.options.epsilon == expected
+    assert kldiv.KLDivergence.from_config(loss.get_config()) == loss
+    assert kldiv.KLDivergence(epsilon=1e-3, **formats).options.epsilon == 1e-3  # explicit wins
+
+
+def test_default_on_peaked_logits_is_the_exact_kl_of_pytorch():
+    """The issue's case: 64×1000 logits of std 7; Keras' clip gave 14.54 where the exact KL is 22.34."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    teacher = torch.tensor(rng.normal(scale=7.0, size=(64, 1000)), dtype=torch.float64)
+    student = torch.tensor(rng.normal(scale=7.0, size=(64, 1000)), dtype=torch.float64)
+    expected = torch.nn.functional.kl_div(
+        torch.log_softmax(student, -1), torch.log_softmax(teacher, -1), log_target=True, reduction="batchmean"
+    )
+    loss = kldiv.KLDivergence(reduction="batchmean", from_logits=True, y_true_format="logits")
+    assert float(loss(teacher, student)) == pytest.approx(float(expected), rel=1e-12)
+    clipped = kldiv.KLDivergence(reduction="batchmean", from_logits=True, y_true_format="logits", epsilon=1e-7)
+    assert float(clipped(teacher, student)) < 0.8 * float(expected)

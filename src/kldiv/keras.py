@@ -69,8 +69,7 @@ class _KerasDivergence(keras.losses.Loss):
 
     def call(self, y_true: Array, y_pred: Array) -> Array:
         """The per-sample divergence, shape ``y_pred.shape[:-1]`` (for ``axis=-1``), in the loss dtype."""
-        prepared = _losses._Prepared(self.options, y_true, y_pred, keras3_shapes=True)
-        return prepared.output(prepared.per_sample(self.options))
+        return _losses.per_sample(self.options, y_true, y_pred, keras3_shapes=True)
 
     def get_config(self) -> dict[str, Any]:
         """``name``, ``reduction``, ``dtype`` and every kldiv option (new options included)."""

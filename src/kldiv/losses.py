@@ -7,230 +7,40 @@ scalars are converted as Keras converts them (Python floats become float32).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any, ClassVar
 
-import numpy as np
-
-from . import _distribute, _namespace, _validate, errors
-from .core import masking
-from .core.divergences import divergence
-from .core.reductions import KERAS3_REDUCTIONS, reduce_weighted
-from .core.shapes import broadcast_shape, remove_squeezable_dimensions, squeeze_or_expand_to_same_rank
+from . import _distribute, _evaluate, _validate
+from ._prepare import Prepared, prepare
+from .core.reductions import KERAS3_REDUCTIONS, host_gradient, reduce_weighted
 from .kernels import dispatch
 from .options import Options
 
 Array = Any
 
 
-def _as_dtype(xp: Any, y_true: Any, y_pred: Any, dtype: Any) -> tuple[Any, Any]:
-    """Both inputs in ``dtype`` (cast only where they differ)."""
-    if y_pred.dtype != dtype:
-        y_pred = xp.astype(y_pred, dtype)
-    if y_true.dtype != dtype:
-        y_true = xp.astype(y_true, dtype)
-    return y_true, y_pred
-
-
-class _Prepared:
-    """Inputs in one namespace and the compute dtype, the keep-mask, and the dtype to return."""
-
-    __slots__ = ("axis", "compute_dtype", "keep", "output_dtype", "use_kernel", "xp", "y_pred", "y_true")
-
-    def __init__(
-        self,
-        options: Options,
-        y_true: Array,
-        y_pred: Array,
-        keras3_shapes: bool | None,
-        mask: Array | None = None,
-        labels: Array | None = None,
-    ) -> None:
-        xp = _namespace.common_namespace(y_pred, y_true)
-        y_pred = _namespace.as_array(xp, y_pred)
-        y_true = _namespace.as_array(xp, y_true, like=y_pred)
-        if options.dtype is not None:
-            output_dtype = _namespace.dtype_named(xp, options.dtype)
-        elif _namespace.is_floating(xp, y_pred.dtype):
-            output_dtype = y_pred.dtype
-        else:
-            raise TypeError(
-                errors.message("y_pred", "a floating-point array (or pass dtype='float32')", y_pred)
-            )
-        compute_dtype = (
-            _namespace.dtype_named(xp, "float32")
-            if _namespace.is_low_precision(xp, output_dtype)
-            else output_dtype
-        )
-        if options.validate:
-            _validate.same_shape(y_true.shape, y_pred.shape)
-        if options.dtype is not None:
-            # The option casts both inputs first (Keras 3's loss ``dtype``), then low precision is
-            # widened to float32 for the arithmetic.
-            y_true, y_pred = _as_dtype(xp, y_true, y_pred, output_dtype)
-        # The Triton kernel reads float16 / bfloat16 as they are (float32 accumulation): inputs it may
-        # serve stay narrow until the kernel decision; everything else is widened now.
-        narrow = not options.validate and dispatch.reads_low_precision(options, xp, y_true, y_pred)
-        if not narrow:
-            y_true, y_pred = _as_dtype(xp, y_true, y_pred, compute_dtype)
-        if keras3_shapes is True:
-            y_true, y_pred = squeeze_or_expand_to_same_rank(xp, y_true, y_pred)
-        elif keras3_shapes is False:
-            y_true, y_pred = remove_squeezable_dimensions(xp, y_true, y_pred)
-        shape = broadcast_shape(y_true.shape, y_pred.shape)
-        _validate.broadcastable(y_true.shape, y_pred.shape, shape)
-        axis = _validate.axis_in_range(options.axis, len(shape), shape)
-        if options.validate:
-            for argument, x, fmt in (
-                ("y_true", y_true, options.y_true_format),
-                ("y_pred", y_pred, options.y_pred_format),
-            ):
-                _validate.input_values(xp, argument, x, fmt, axis, output_dtype)
-        self.keep = self._keep_mask(
-            xp, options, mask, labels, like=y_pred, loss_shape=shape[:axis] + shape[axis + 1 :]
-        )
-        self.axis = axis
-        self.use_kernel = dispatch.use_kernel(options, xp, y_true, y_pred)
-        if narrow and not self.use_kernel:
-            y_true, y_pred = _as_dtype(xp, y_true, y_pred, compute_dtype)
-        if self.keep is not None and not self.use_kernel:
-            y_true = masking.mask_input(xp, y_true, options.y_true_format, self.keep, axis)
-            y_pred = masking.mask_input(xp, y_pred, options.y_pred_format, self.keep, axis)
-        self.xp, self.y_true, self.y_pred = xp, y_true, y_pred
-        self.compute_dtype, self.output_dtype = compute_dtype, output_dtype
-
-    @staticmethod
-    def _keep_mask(
-        xp: Any, options: Options, mask: Array | None, labels: Array | None, like: Array, loss_shape: tuple
-    ) -> Array | None:
-        """The boolean keep-mask broadcast to the per-sample loss shape (None without mask/labels)."""
-        for argument, value in (("mask", mask), ("labels", labels)):
-            if value is None:
-                continue
-            value_shape = tuple(_namespace.as_array(xp, value, like=like).shape)
-            if broadcast_shape(value_shape, loss_shape) != tuple(loss_shape):
-                raise ValueError(
-                    f"Argument `{argument}`: expected a shape that broadcasts to the per-sample loss "
-                    f"shape {tuple(loss_shape)}; received shape {value_shape}."
-                )
-        keep = masking.combine(
-            xp,
-            None if mask is None else _namespace.as_array(xp, mask, like=like),
-            None if labels is None else _namespace.as_array(xp, labels, like=like),
-            options.ignore_index,
-        )
-        if keep is None or tuple(keep.shape) == tuple(loss_shape):
-            return keep
-        return xp.broadcast_to(keep, loss_shape)
-
-    def per_sample(self, options: Options, grad_scale_hint: float = 1.0) -> Array:
-        """The per-sample divergence (0 at masked positions, ``T²``-scaled when asked).
-
-        ``grad_scale_hint``: the gradient each per-sample value is expected to receive from the
-        reduction; the fused kernel pre-scales its gradient by it (see :mod:`kldiv.kernels`).
-        """
-        if self.use_kernel:
-            return self._per_sample_kernel(options, grad_scale_hint)
-        if self.xp is np:
-            # Exact mode's documented +inf (p = 0 < t) and all -inf logit rows are results, not
-            # accidents: keep NumPy from warning about the log(0) behind them.
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return self._per_sample_core(options)
-        return self._per_sample_core(options)
-
-    def reduced(
-        self,
-        options: Options,
-        reduce: Callable[[Array], Array],
-        reduction: str | None,
-        losses_shape: tuple,
-        has_weight: bool,
-        num_items: Any,
-    ) -> Array:
-        """``reduce(per-sample divergence)``.
-
-        Torch tensors that a fused kernel serves, with a reduction whose gradient is one number known
-        on the host (:meth:`reduction_gradient`), get one autograd node for the divergence and its
-        reduction together: the kernel's gradient, pre-scaled by that number, is handed to autograd
-        as it is.
-        """
-        gradient = None
-        if self.use_kernel and self.xp is not np:
-            gradient = self.reduction_gradient(losses_shape, reduction, has_weight, num_items)
-        if gradient is None:
-            return reduce(self.per_sample(options))
-        from .kernels import fused
-
-        return fused.per_sample_torch(
-            options, self.y_true, self.y_pred, self.keep, self.axis, gradient, reduce=reduce
-        )
-
-    def _per_sample_core(self, options: Options) -> Array:
-        losses = divergence(
-            self.xp,
-            self.y_true,
-            self.y_pred,
-            true_format=options.y_true_format,
-            pred_format=options.y_pred_format,
-            epsilon=options.epsilon,
-            axis=options.axis,
-            direction=options.direction,
-            beta=options.beta,
-            temperature=options.temperature,
-        )
-        if options.scale_by_temperature_squared:
-            losses = losses * (options.temperature**2)
-        if self.keep is not None:
-            losses = masking.mask_losses(self.xp, losses, self.keep)
-        return losses
-
-    def _per_sample_kernel(self, options: Options, grad_scale_hint: float) -> Array:
-        from .kernels import fused
-
-        if self.xp is np:
-            return fused.per_sample_numpy(options, self.y_true, self.y_pred, self.keep, self.axis)
-        return fused.per_sample_torch(
-            options, self.y_true, self.y_pred, self.keep, self.axis, grad_scale_hint
-        )
-
-    def reduction_gradient(
-        self, losses_shape: tuple, reduction: str | None, has_weight: bool, num_items: Any
-    ) -> float | None:
-        """``∂ reduction / ∂ L_i`` of an unweighted reduction, the same for every unmasked position.
-
-        None where it is not one number known on the host: a ``sample_weight``, no reduction, a
-        ``num_items`` array, or a mask on a device (counting it would synchronise with the device).
-        """
-        if has_weight or reduction in ("none", None):
-            return None
-        if reduction == "sum":
-            return 1.0
-        if num_items is not None:
-            return 1.0 / num_items if isinstance(num_items, (int, float)) else None
-        if reduction == "batchmean":
-            return 1.0 / losses_shape[0] if losses_shape and losses_shape[0] else 1.0
-        if self.keep is None:
-            count = math.prod(losses_shape)
-        elif self.xp is np or self.y_pred.device.type == "cpu":
-            count = int(self.xp.sum(self.xp.astype(self.keep, self.xp.int32)))
-        else:
-            return None
-        return 1.0 / count if count else 1.0
-
-    def weight(self, sample_weight: Array, like: Array) -> Array:
-        weight = _namespace.as_array(self.xp, sample_weight, like=like)
-        return self.xp.astype(weight, self.compute_dtype) if weight.dtype != self.compute_dtype else weight
-
-    def output(self, value: Array) -> Array:
-        return value if value.dtype == self.output_dtype else self.xp.astype(value, self.output_dtype)
-
-
-def _per_sample(
-    options: Options, y_true: Array, y_pred: Array, mask: Array | None, labels: Array | None
+def per_sample(
+    options: Options,
+    y_true: Array,
+    y_pred: Array,
+    *,
+    keras3_shapes: bool | None = None,
+    mask: Array | None = None,
+    labels: Array | None = None,
 ) -> Array:
-    prepared = _Prepared(options, y_true, y_pred, keras3_shapes=None, mask=mask, labels=labels)
-    return prepared.output(prepared.per_sample(options))
+    """The per-sample divergence in the output dtype: prepare, plan, evaluate (the functional forms
+    and the Keras adapters' ``call``)."""
+    prepared = prepare(options, y_true, y_pred, keras3_shapes=keras3_shapes, mask=mask, labels=labels)
+    plan = _plan(options, prepared)
+    return prepared.output(_evaluate.per_sample(options, prepared, plan))
+
+
+def _plan(options: Options, prepared: Prepared, reduction_gradient: Any = None) -> dispatch.Plan:
+    """The call's :class:`~kldiv.kernels.dispatch.Plan`, and the inputs widened as it says."""
+    request = dispatch.describe(prepared.xp, prepared.y_true, prepared.y_pred)
+    plan = dispatch.plan(options, request, reduction_gradient)
+    if plan.widen:
+        prepared.widen()
+    return plan
 
 
 def kl_divergence(
@@ -240,7 +50,7 @@ def kl_divergence(
     y_true_format: str = "probs",
     y_pred_format: str = "probs",
     from_logits: bool = False,
-    epsilon: float = 1e-7,
+    epsilon: float | None = None,
     axis: int = -1,
     dtype: Any = None,
     direction: str = "forward",
@@ -297,21 +107,7 @@ def kl_divergence(
         >>> print(kldiv.kl_divergence([[0, 1], [0, 0]], [[0.6, 0.4], [0.4, 0.6]], epsilon=0))
         [0.9162907 0.       ]
     """
-    options = Options.create(
-        y_true_format=y_true_format,
-        y_pred_format=y_pred_format,
-        from_logits=from_logits,
-        epsilon=epsilon,
-        axis=axis,
-        dtype=dtype,
-        direction=direction,
-        temperature=temperature,
-        scale_by_temperature_squared=scale_by_temperature_squared,
-        ignore_index=ignore_index,
-        validate=validate,
-        backend=backend,
-    )
-    return _per_sample(options, y_true, y_pred, mask, labels)
+    return per_sample(Options.pick(locals()), y_true, y_pred, mask=mask, labels=labels)
 
 
 kld = KLD = kullback_leibler_divergence = kl_divergence
@@ -325,7 +121,7 @@ def js_divergence(
     y_true_format: str = "probs",
     y_pred_format: str = "probs",
     from_logits: bool = False,
-    epsilon: float = 1e-7,
+    epsilon: float | None = None,
     axis: int = -1,
     dtype: Any = None,
     temperature: float = 1.0,
@@ -352,27 +148,14 @@ def js_divergence(
         >>> print(kldiv.js_divergence([[1.0, 0.0]], [[0.0, 1.0]], epsilon=0))
         [0.6931472]
     """
-    options = Options.create(
-        y_true_format=y_true_format,
-        y_pred_format=y_pred_format,
-        from_logits=from_logits,
-        epsilon=epsilon,
-        axis=axis,
-        dtype=dtype,
-        beta=beta,
-        temperature=temperature,
-        scale_by_temperature_squared=scale_by_temperature_squared,
-        ignore_index=ignore_index,
-        validate=validate,
-        backend=backend,
-    )
-    return _per_sample(options, y_true, y_pred, mask, labels)
+    return per_sample(Options.pick(locals()), y_true, y_pred, mask=mask, labels=labels)
 
 
 class _DivergenceLoss:
     """A Keras-style loss object: options at construction, ``__call__`` weights and reduces."""
 
-    _CONFIG_KEYS: ClassVar[tuple[str, ...]]
+    _NOT_OPTIONS: ClassVar[tuple[str, ...]]
+    """The :class:`Options` fields this loss does not take (the other divergence's parameter)."""
 
     def __init__(self, reduction: str | None, name: str, options: Options) -> None:
         self.reduction = _validate.reduction(reduction)
@@ -410,32 +193,31 @@ class _DivergenceLoss:
         _distribute.check_reduction(self.reduction, y_pred)
         num_items = _validate.num_items(num_items, self.reduction)
         keras3 = self.reduction in KERAS3_REDUCTIONS
-        prepared = _Prepared(self.options, y_true, y_pred, keras3_shapes=keras3, mask=mask, labels=labels)
-        loss_shape = broadcast_shape(prepared.y_true.shape, prepared.y_pred.shape)
-        loss_shape = loss_shape[: prepared.axis] + loss_shape[prepared.axis + 1 :]
-        xp = prepared.xp
-        weight = None if sample_weight is None else prepared.weight(sample_weight, like=prepared.y_pred)
+        prepared = prepare(self.options, y_true, y_pred, keras3_shapes=keras3, mask=mask, labels=labels)
+        weight = None if sample_weight is None else prepared.cast(sample_weight)
         if num_items is not None and not isinstance(num_items, (int, float)):
-            num_items = prepared.weight(num_items, like=prepared.y_pred)
+            num_items = prepared.cast(num_items)
+
+        def reduction_gradient() -> float | None:
+            return host_gradient(
+                self.reduction,
+                prepared.loss_shape,
+                has_weight=weight is not None,
+                num_items=num_items,
+                count=prepared.count_kept,
+            )
 
         def reduce(losses: Array) -> Array:
             return reduce_weighted(
-                xp, losses, weight, self.reduction, mask=prepared.keep, num_items=num_items
+                prepared.xp, losses, weight, self.reduction, mask=prepared.keep, num_items=num_items
             )
 
-        value = prepared.reduced(
-            self.options, reduce, self.reduction, loss_shape, weight is not None, num_items
-        )
-        return prepared.output(value)
+        plan = _plan(self.options, prepared, reduction_gradient)
+        return prepared.output(_evaluate.reduced(self.options, prepared, plan, reduce))
 
     def get_config(self) -> dict[str, Any]:
         """Every option: ``type(loss).from_config(loss.get_config())`` is an equal loss."""
-        options = self.options.as_dict()
-        return {
-            "reduction": self.reduction,
-            "name": self.name,
-            **{key: options[key] for key in self._CONFIG_KEYS},
-        }
+        return {"reduction": self.reduction, "name": self.name, **self.options.config(self._NOT_OPTIONS)}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Any:
@@ -453,20 +235,6 @@ class _DivergenceLoss:
     def __repr__(self) -> str:
         options = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
         return f"{type(self).__name__}({options})"
-
-
-_COMMON_KEYS = (
-    "y_true_format",
-    "y_pred_format",
-    "epsilon",
-    "axis",
-    "dtype",
-    "temperature",
-    "scale_by_temperature_squared",
-    "ignore_index",
-    "validate",
-    "backend",
-)
 
 
 class KLDivergence(_DivergenceLoss):
@@ -500,7 +268,7 @@ class KLDivergence(_DivergenceLoss):
         0.916
     """
 
-    _CONFIG_KEYS = (*_COMMON_KEYS[:5], "direction", *_COMMON_KEYS[5:])
+    _NOT_OPTIONS = ("beta",)
 
     def __init__(
         self,
@@ -510,7 +278,7 @@ class KLDivergence(_DivergenceLoss):
         y_true_format: str = "probs",
         y_pred_format: str = "probs",
         from_logits: bool = False,
-        epsilon: float = 1e-7,
+        epsilon: float | None = None,
         axis: int = -1,
         dtype: Any = None,
         direction: str = "forward",
@@ -520,21 +288,7 @@ class KLDivergence(_DivergenceLoss):
         validate: bool = False,
         backend: str = "auto",
     ) -> None:
-        options = Options.create(
-            y_true_format=y_true_format,
-            y_pred_format=y_pred_format,
-            from_logits=from_logits,
-            epsilon=epsilon,
-            axis=axis,
-            dtype=dtype,
-            direction=direction,
-            temperature=temperature,
-            scale_by_temperature_squared=scale_by_temperature_squared,
-            ignore_index=ignore_index,
-            validate=validate,
-            backend=backend,
-        )
-        super().__init__(reduction, name, options)
+        super().__init__(reduction, name, Options.pick(locals()))
 
 
 class JSDivergence(_DivergenceLoss):
@@ -548,7 +302,7 @@ class JSDivergence(_DivergenceLoss):
         0.693147
     """
 
-    _CONFIG_KEYS = (*_COMMON_KEYS[:5], "beta", *_COMMON_KEYS[5:])
+    _NOT_OPTIONS = ("direction",)
 
     def __init__(
         self,
@@ -559,7 +313,7 @@ class JSDivergence(_DivergenceLoss):
         y_true_format: str = "probs",
         y_pred_format: str = "probs",
         from_logits: bool = False,
-        epsilon: float = 1e-7,
+        epsilon: float | None = None,
         axis: int = -1,
         dtype: Any = None,
         temperature: float = 1.0,
@@ -568,18 +322,4 @@ class JSDivergence(_DivergenceLoss):
         validate: bool = False,
         backend: str = "auto",
     ) -> None:
-        options = Options.create(
-            y_true_format=y_true_format,
-            y_pred_format=y_pred_format,
-            from_logits=from_logits,
-            epsilon=epsilon,
-            axis=axis,
-            dtype=dtype,
-            beta=beta,
-            temperature=temperature,
-            scale_by_temperature_squared=scale_by_temperature_squared,
-            ignore_index=ignore_index,
-            validate=validate,
-            backend=backend,
-        )
-        super().__init__(reduction, name, options)
+        super().__init__(reduction, name, Options.pick(locals()))

@@ -1,27 +1,44 @@
-"""The options of every kldiv loss: one frozen dataclass, validated at construction."""
+"""The options of every kldiv loss: one frozen dataclass, validated at construction.
+
+Every entry point — :class:`kldiv.KLDivergence` and its functional form, the Keras, tf_keras, PyTorch
+and JAX adapters, the chunked and fused-linear losses, the vocabulary-parallel losses — builds one
+:class:`Options` with :meth:`Options.create` and hands that object down; nothing forwards options by
+hand, and a loss's config is :meth:`Options.config` (the fields themselves).
+
+One rule for ``epsilon`` everywhere: ``None`` (the default) means Keras' clip ``1e-7`` when both
+inputs are probabilities — the ``tf.keras.losses.KLDivergence`` contract — and exact mode (``0``)
+as soon as either input is given as log-probabilities or logits, which Keras never takes and where
+the clip would be a bias (on peaked distillation logits it lowers the KL by a third). An explicit
+value is always honoured.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import _validate
 
+KERAS_EPSILON = 1e-7
+"""Keras' ``backend.epsilon()``: the clip of Keras mode."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """Options shared by the loss objects and the functional forms (same names and defaults).
+    """Options shared by every kldiv loss (same names and defaults in every form).
 
     Attributes:
         y_true_format: ``"probs"`` | ``"log_probs"`` | ``"logits"``: how ``y_true`` is given.
         y_pred_format: the same for ``y_pred``; ``from_logits=True`` is shorthand for ``"logits"``.
-        epsilon: ``1e-7`` (Keras mode: clip probabilities to ``[epsilon, 1]``) or ``0`` (exact mode).
+        epsilon: the Keras clip ``[epsilon, 1]`` (``> 0``) or exact mode (``0``), resolved from
+            ``None`` by the rule of the module docstring.
         axis: the axis that holds the distribution (Keras: ``-1``).
         dtype: ``None`` (return ``y_pred``'s float dtype, as tf_keras) or a dtype name that both
             inputs are cast to first (as the Keras 3 loss ``dtype``). float16 and bfloat16 are
-            always computed in float32 and rounded once at the end.
+            always computed in float32 and rounded once at the end, on every path.
         direction: ``"forward"`` KL(y_true‖y_pred), ``"reverse"`` KL(y_pred‖y_true) or
-            ``"symmetric"`` (their sum). Ignored by nothing: Jensen–Shannon losses fix it.
+            ``"symmetric"`` (their sum). Jensen–Shannon losses do not use it.
         beta: ``None`` for a KL divergence; a float in ``[0, 1]`` selects the generalized
             Jensen–Shannon divergence with mixture ``beta·P + (1−beta)·Q``.
         temperature: ``T > 0`` dividing the log-probabilities / logits of both inputs.
@@ -29,11 +46,12 @@ class Options:
         ignore_index: positions whose ``labels`` equal it are masked out (PyTorch's ``-100``).
         validate: check the input values (eager only): no NaN, probabilities in ``[0, 1]`` summing
             to 1, log-probabilities whose ``logsumexp`` is 0, equal shapes.
+        backend: ``"auto"``, ``"core"``, ``"numba"`` or ``"triton"`` (:mod:`kldiv.kernels.dispatch`).
     """
 
     y_true_format: str = "probs"
     y_pred_format: str = "probs"
-    epsilon: float = 1e-7
+    epsilon: float = KERAS_EPSILON
     axis: int = -1
     dtype: str | None = None
     direction: str = "forward"
@@ -51,7 +69,7 @@ class Options:
         y_true_format: str = "probs",
         y_pred_format: str = "probs",
         from_logits: bool = False,
-        epsilon: float = 1e-7,
+        epsilon: float | None = None,
         axis: int = -1,
         dtype: Any = None,
         direction: str = "forward",
@@ -64,6 +82,8 @@ class Options:
     ) -> Options:
         """Validate and build; raises ``ValueError`` / ``TypeError`` naming the bad argument."""
         true_format, pred_format = _validate.formats(y_true_format, y_pred_format, from_logits)
+        if epsilon is None:
+            epsilon = KERAS_EPSILON if true_format == pred_format == "probs" else 0.0
         return cls(
             y_true_format=true_format,
             y_pred_format=pred_format,
@@ -81,5 +101,32 @@ class Options:
             backend=_validate.backend(backend),
         )
 
+    @classmethod
+    def pick(cls, arguments: Mapping[str, Any]) -> Options:
+        """:meth:`create` from the option names among ``arguments`` (a signature's ``locals()``):
+        public signatures stay explicit for IDEs and docs, and nothing re-lists the options."""
+        return cls.create(**{key: arguments[key] for key in CREATE_NAMES if key in arguments})
+
+    def config(self, exclude: Iterable[str] = ()) -> dict[str, Any]:
+        """The options as a dict of their fields (a loss's ``get_config``), without ``exclude``."""
+        skip = set(exclude)
+        return {field.name: getattr(self, field.name) for field in FIELDS if field.name not in skip}
+
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.config()
+
+    @property
+    def loss_scale(self) -> float:
+        """``T²`` with ``scale_by_temperature_squared`` (Hinton et al.), else 1: the one factor every
+        path multiplies the per-sample divergence (and its gradient) by."""
+        return self.temperature**2 if self.scale_by_temperature_squared else 1.0
+
+    @property
+    def divergence(self) -> str:
+        """``"js"`` (``beta`` given), else the KL ``direction``."""
+        return "js" if self.beta is not None else self.direction
+
+
+FIELDS = dataclasses.fields(Options)
+CREATE_NAMES = (*(field.name for field in FIELDS), "from_logits")
+"""The keyword options :meth:`Options.create` takes."""

@@ -59,10 +59,7 @@ class _TfKerasDivergence(tf_keras.losses.Loss):
         y_pred = tf.convert_to_tensor(y_pred)
         y_true = tf.convert_to_tensor(y_true)
         # tf_keras' LossFunctionWrapper fixes ranks for tensor inputs only.
-        prepared = _losses._Prepared(
-            self.options, y_true, y_pred, keras3_shapes=False if both_tensors else None
-        )
-        return prepared.output(prepared.per_sample(self.options))
+        return _losses.per_sample(self.options, y_true, y_pred, keras3_shapes=False if both_tensors else None)
 
     def get_config(self) -> dict[str, Any]:
         """``reduction``, ``name`` and every kldiv option (new options included)."""

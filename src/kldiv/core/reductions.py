@@ -38,7 +38,7 @@ unknown dimension (``None``, TensorFlow graph mode) makes the element count a de
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .shapes import broadcast_shape, squeeze_or_expand_to_same_rank, squeeze_or_expand_weight
@@ -142,3 +142,63 @@ def reduce_weighted(
     if isinstance(count, int):
         return total if count == 0 else total / count
     return _divide_no_nan(xp, total, count)
+
+
+def host_gradient(
+    reduction: str | None,
+    loss_shape: Sequence[int],
+    *,
+    has_weight: bool,
+    num_items: Any,
+    count: Callable[[], int | None],
+) -> float | None:
+    """``∂ reduction / ∂ L_i`` of an unweighted reduction when it is one number known on the host.
+
+    The gradient of :func:`reduce_weighted` w.r.t. every unmasked per-sample value: 1 for ``"sum"``,
+    ``1 / denominator`` for the means (``num_items``, the leading axis for ``"batchmean"``, else the
+    number of unmasked positions, which ``count()`` gives or refuses with None, e.g. for a mask on
+    a device). None where it is not one host number: a ``sample_weight``, no reduction, or a
+    ``num_items`` array.
+    """
+    if has_weight or reduction in ("none", None):
+        return None
+    if reduction == "sum":
+        return 1.0
+    if num_items is not None:
+        return 1.0 / num_items if isinstance(num_items, (int, float)) else None
+    if reduction == "batchmean":
+        return 1.0 / loss_shape[0] if loss_shape and loss_shape[0] else 1.0
+    positions = count()
+    if positions is None:
+        return None
+    return 1.0 / positions if positions else 1.0
+
+
+def token_coefficients(
+    xp: Namespace,
+    reduction: str,
+    keep: Array,
+    *,
+    sample_weight: Array | None,
+    num_items: Any,
+    batch_size: int,
+    scale: float,
+    dtype: Any,
+) -> Array:
+    """``∂ loss / ∂ L_t`` for every token ``t`` of a flat ``[tokens]`` per-token loss: the reduction's
+    gradient, as the chunked and fused-linear paths apply it (``"none"`` gives the per-token factor).
+
+    ``keep · w · scale`` divided as :func:`reduce_weighted` divides: by nothing for ``"none"`` and
+    ``"sum"``, by ``num_items`` when given, by ``batch_size`` for ``"batchmean"``, else by the number
+    of kept tokens (0 everywhere when none is kept). ``scale`` is :attr:`kldiv.Options.loss_scale`.
+    """
+    coef = xp.astype(keep, dtype) * scale
+    if sample_weight is not None:
+        coef = coef * sample_weight
+    if reduction in ("none", "sum"):
+        return coef
+    if num_items is not None:
+        return coef / num_items
+    if reduction == "batchmean":
+        return coef / batch_size
+    return _divide_no_nan(xp, coef, xp.sum(xp.astype(keep, dtype)))

@@ -1,8 +1,8 @@
 """The framework-agnostic part of a vocabulary-parallel loss call: prepare the local shards, then weight
 and reduce the per-row values exactly as :class:`kldiv.KLDivergence` does.
 
-Preparation is kldiv's own (``kldiv.losses._Prepared``: array namespace, compute dtype, the keep-mask
-from ``mask`` / ``labels``, masked rows replaced by a safe constant); the reduction is
+Preparation is kldiv's own (:func:`kldiv._prepare.prepare`: array namespace, compute dtype, the
+keep-mask from ``mask`` / ``labels``; masked rows are then replaced by a safe constant); the reduction is
 :func:`kldiv.core.reductions.reduce_weighted` on the per-row values, which are identical on every
 participant, so every participant returns the same loss.
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .. import _validate, losses
+from .. import _prepare, _validate
+from .._prepare import Prepared
 from ..core import masking
 from ..core.reductions import KERAS3_REDUCTIONS, reduce_weighted
 
@@ -23,7 +24,7 @@ Array = Any
 class Shards:
     """The local shards, ready for :func:`kldiv.distributed._vocab.row_divergence`."""
 
-    prepared: Any  # kldiv.losses._Prepared
+    prepared: Prepared
     teacher: Array  # [..., V_r], vocabulary last, compute dtype, masked rows replaced
     student: Array
     num_items: Any
@@ -63,15 +64,19 @@ def prepare(
     num_items = _validate.num_items(num_items, loss.reduction)
     core_options = dataclasses.replace(options, backend="core", validate=False)
     keras3 = loss.reduction in KERAS3_REDUCTIONS
-    prepared = losses._Prepared(
+    prepared = _prepare.prepare(
         core_options, teacher, student, keras3_shapes=keras3, mask=mask, labels=labels
     )
+    prepared.widen()
     xp, axis = prepared.xp, prepared.axis
+    teacher, student = prepared.y_true, prepared.y_pred
+    if prepared.keep is not None:  # masked rows become a safe constant: no NaN in the backward pass
+        teacher = masking.mask_input(xp, teacher, options.y_true_format, prepared.keep, axis)
+        student = masking.mask_input(xp, student, options.y_pred_format, prepared.keep, axis)
     if options.validate:
-        for argument, x in (("teacher_logits", prepared.y_true), ("student_logits", prepared.y_pred)):
+        for argument, x in (("teacher_logits", teacher), ("student_logits", student)):
             # A shard is not a distribution: only the entry-wise checks apply.
             _validate.input_values(xp, argument, x, "logits", axis, prepared.output_dtype)
-    teacher, student = prepared.y_true, prepared.y_pred
     last = len(student.shape) - 1
     if axis != last:
         teacher, student = move_axis(teacher, axis), move_axis(student, axis)
@@ -81,13 +86,13 @@ def prepare(
 def reduce(loss: Any, shards: Shards, values: Array, sample_weight: Any) -> Array:
     """``T²`` scaling, masking, ``sample_weight`` and the reduction of the per-row values."""
     options, prepared, xp = loss.options, shards.prepared, shards.xp
-    if options.scale_by_temperature_squared:
-        values = values * (options.temperature**2)
+    if options.loss_scale != 1.0:
+        values = values * options.loss_scale
     if prepared.keep is not None:
         values = masking.mask_losses(xp, values, prepared.keep)
-    weight = None if sample_weight is None else prepared.weight(sample_weight, like=values)
+    weight = None if sample_weight is None else prepared.cast(sample_weight)
     num_items = shards.num_items
     if num_items is not None and not isinstance(num_items, (int, float)):
-        num_items = prepared.weight(num_items, like=values)
+        num_items = prepared.cast(num_items)
     value = reduce_weighted(xp, values, weight, loss.reduction, mask=prepared.keep, num_items=num_items)
     return prepared.output(value)

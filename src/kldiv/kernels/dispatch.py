@@ -1,4 +1,9 @@
-"""Which implementation serves a call: a fused kernel (Numba on CPU, Triton on CUDA) or the core.
+"""The one decision of a call: which implementation serves it, in which dtype, as how many autograd nodes.
+
+:func:`plan` is the only place that chooses between a fused kernel (Numba on CPU, Triton on CUDA)
+and the core; every entry point (the agnostic losses and through them the Keras, tf_keras, PyTorch
+and JAX adapters; the chunked and fused-linear losses) describes its inputs as a :class:`Request`
+and follows the :class:`Plan` it gets back.
 
 ``backend="auto"`` (default) uses a kernel for arrays of float32 / float64 (float16 / bfloat16 are
 computed as float32) with at least :data:`AUTO_THRESHOLD_NUMPY` (NumPy, 2¹⁵),
@@ -9,22 +14,27 @@ installed. Below the threshold, the call overhead of a kernel outweighs its gain
 ``benchmarks/auto_threshold.py`` times both paths from 2⁸ to 2²⁰ elements; the kernel wins from
 16 K elements on NumPy arrays, from 4–16 K on torch tensors with a gradient (one autograd node
 against the core's six) and from 65–262 K on torch tensors without one (``benchmarks/RESULTS.md``).
+Chunked and fused-linear calls have no threshold: their chunks are large by construction.
 ``backend="numba"`` / ``"triton"`` asks for that kernel (an error if it cannot serve the call),
 ``backend="core"`` for the core. ``backend="triton"`` also accepts CPU torch tensors while
 ``TRITON_INTERPRET=1`` (Triton's interpreter: how the kernel is tested without a GPU).
 
 Neither kernel serves: JAX, TensorFlow and other arrays (they have their own compiled paths),
-inputs that only broadcast against each other, a ``y_true`` that needs a gradient, and the
-Jensen–Shannon endpoints ``beta ∈ {0, 1}``. Nothing here imports Numba, Triton or torch.
+inputs that only broadcast against each other, a ``y_true`` that needs a gradient, a sparse top-k
+teacher, the Jensen–Shannon endpoints ``beta ∈ {0, 1}``, and any call while ``torch.compile`` traces
+(the core is a graph of torch ops; a kernel call would break it). Nothing here imports Numba, Triton
+or torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import math
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,6 +46,7 @@ AUTO_THRESHOLD = 1 << 17
 AUTO_THRESHOLD_GRAD = 1 << 13
 AUTO_THRESHOLD_NUMPY = 1 << 15
 _KERNEL_NAMES = {"numba": "Numba", "triton": "Triton"}
+_LOW_PRECISION = ("float16", "bfloat16")
 
 
 @functools.cache
@@ -58,7 +69,62 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-def _array_kind(xp: Any, x: Any) -> str | None:
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What :func:`plan` needs to know about a call's inputs (no arrays: every entry point can say it).
+
+    Attributes:
+        arrays: ``"numpy"``, ``"torch"`` (a CPU tensor), ``"cuda"`` (a CUDA tensor) or None (an array
+            no kernel serves: JAX, TensorFlow, other devices).
+        dtype: ``y_pred``'s dtype name, before any widening.
+        same_dtype: ``y_true`` has ``y_pred``'s dtype.
+        same_shape: ``y_true`` and ``y_pred`` have one shape (no broadcasting).
+        elements: the number of elements of ``y_pred``.
+        y_true_grad: ``y_true`` (the teacher) needs a gradient.
+        y_pred_grad: ``y_pred`` needs a gradient (torch, with autograd enabled).
+        chunked: a chunked / fused-linear call (no size threshold).
+        sparse: a sparse top-k teacher.
+        source: the arrays' library and device, for error messages.
+    """
+
+    arrays: str | None
+    dtype: str
+    same_dtype: bool = True
+    same_shape: bool = True
+    elements: int = 0
+    y_true_grad: bool = False
+    y_pred_grad: bool = False
+    chunked: bool = False
+    sparse: bool = False
+    source: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How one call runs.
+
+    Attributes:
+        kernel: ``"numba"``, ``"triton"`` or None (the core).
+        widen: float16 / bfloat16 inputs are widened to float32 before computing (every path but
+            the Triton kernel, which reads them as they are and accumulates in float32).
+        gradient_scale: with a torch kernel and a reduction whose gradient is one number known on
+            the host, that number: the divergence and its reduction are then one autograd node whose
+            kernel gradient is pre-scaled by it. None otherwise (a node per operation).
+    """
+
+    kernel: str | None
+    widen: bool
+    gradient_scale: float | None = None
+
+    @property
+    def one_node(self) -> bool:
+        return self.gradient_scale is not None
+
+
+CORE = Plan(kernel=None, widen=True)
+
+
+def array_kind(xp: Any, x: Any) -> str | None:
     """``"numpy"``, ``"torch"`` (CPU tensor), ``"cuda"`` (CUDA tensor) or None (no kernel serves it)."""
     if xp is np:
         return "numpy"
@@ -67,31 +133,46 @@ def _array_kind(xp: Any, x: Any) -> str | None:
     return None
 
 
-def kernel_for(xp: Any, x: Any) -> str:
-    """The kernel ``backend="auto"`` considers: ``"triton"`` for CUDA tensors, else ``"numba"``."""
-    return "triton" if _array_kind(xp, x) == "cuda" else "numba"
+def describe(xp: Any, y_true: Any, y_pred: Any) -> Request:
+    """The :class:`Request` of a call on two arrays of namespace ``xp``."""
+    torch = sys.modules.get("torch")
+    grad_enabled = torch is not None and torch.is_grad_enabled()
+    device = getattr(getattr(y_pred, "device", None), "type", None)
+    return Request(
+        arrays=array_kind(xp, y_pred),
+        dtype=dtype_name(y_pred.dtype),
+        same_dtype=y_true.dtype == y_pred.dtype,
+        same_shape=tuple(y_true.shape) == tuple(y_pred.shape),
+        elements=math.prod(y_pred.shape),
+        y_true_grad=bool(getattr(y_true, "requires_grad", False)),
+        y_pred_grad=bool(getattr(y_pred, "requires_grad", False)) and grad_enabled,
+        source=f"{getattr(xp, '__name__', xp)} on {device or 'its device'}",
+    )
 
 
-def _serves_arrays(kernel: str, kind: str | None) -> bool:
+def _serves_arrays(kernel: str, arrays: str | None) -> bool:
     if kernel == "numba":
-        return kind in ("numpy", "torch")
-    return kind == "cuda" or (kind == "torch" and triton_interpreter())
+        return arrays in ("numpy", "torch")
+    return arrays == "cuda" or (arrays == "torch" and triton_interpreter())
 
 
-def unsupported_reason(options: Any, xp: Any, y_true: Any, y_pred: Any, kernel: str = "numba") -> str | None:
+def unsupported_reason(options: Any, request: Request, kernel: str) -> str | None:
     """Why the fused ``kernel`` (``"numba"`` or ``"triton"``) cannot serve this call (None when it can)."""
-    if not _serves_arrays(kernel, _array_kind(xp, y_pred)):
-        device = getattr(getattr(y_pred, "device", None), "type", None)
-        return f"arrays of {getattr(xp, '__name__', xp)} on {device or 'this device'}"
-    narrow_ok = kernel == "triton" and dtype_name(y_pred.dtype) in ("float16", "bfloat16")
-    if dtype_name(y_pred.dtype) not in ("float32", "float64") and not narrow_ok:
-        return f"dtype {y_pred.dtype}"
-    if y_true.dtype != y_pred.dtype:
-        return f"y_true of dtype {y_true.dtype} and y_pred of dtype {y_pred.dtype}"
-    if tuple(y_true.shape) != tuple(y_pred.shape):
+    if not _serves_arrays(kernel, request.arrays):
+        return f"arrays of {request.source or request.arrays}"
+    computed = request.dtype
+    if computed in _LOW_PRECISION and kernel == "numba":
+        computed = "float32"  # widened first; only Triton reads the narrow dtypes
+    if computed not in ("float32", "float64", *(_LOW_PRECISION if kernel == "triton" else ())):
+        return f"dtype {request.dtype}"
+    if not request.same_dtype:
+        return "y_true and y_pred of different dtypes"
+    if not request.same_shape:
         return "y_true and y_pred of different (broadcast) shapes"
-    if getattr(y_true, "requires_grad", False):
+    if request.y_true_grad:
         return "a y_true that requires a gradient"
+    if request.sparse:
+        return "a sparse top-k teacher"
     if options.beta in (0.0, 1.0):
         return "beta at an endpoint (0 or 1)"
     if not _installed(kernel):
@@ -99,44 +180,63 @@ def unsupported_reason(options: Any, xp: Any, y_true: Any, y_pred: Any, kernel: 
     return None
 
 
-def reads_low_precision(options: Any, xp: Any, y_true: Any, y_pred: Any) -> bool:
-    """Whether float16 / bfloat16 inputs may go to the Triton kernel as they are (CUDA tensors, or
-    ``backend="triton"`` under the interpreter), so that widening them can wait for the decision."""
-    if options.backend not in ("auto", "triton") or y_true.dtype != y_pred.dtype:
-        return False
-    if dtype_name(y_pred.dtype) not in ("float16", "bfloat16"):
-        return False
-    kind = _array_kind(xp, y_pred)  # CUDA, or CPU tensors that backend="triton" sends to the interpreter
-    return kind == "cuda" or (options.backend == "triton" and _serves_arrays("triton", kind))
-
-
-def use_kernel(options: Any, xp: Any, y_true: Any, y_pred: Any) -> bool:
-    """Decide for one call; raises ``ValueError`` when ``backend="numba"`` / ``"triton"`` cannot be
-    honoured. Which kernel runs follows from the arrays (:func:`kldiv.kernels.fused.per_sample_torch`)."""
+def _kernel(options: Any, request: Request) -> str | None:
     if options.backend == "core":
-        return False
+        return None
     if options.backend in _KERNEL_NAMES:
-        reason = unsupported_reason(options, xp, y_true, y_pred, options.backend)
+        reason = unsupported_reason(options, request, options.backend)
         if reason is not None:
             raise ValueError(
-                f"Option `backend`: expected inputs that the {_KERNEL_NAMES[options.backend]} kernel serves; "
-                f"received {reason}. Use backend='auto' or 'core'."
+                f"Option `backend`: expected inputs that the {_KERNEL_NAMES[options.backend]} kernel "
+                f"serves; received {reason}. Use backend='auto' or 'core'."
             )
-        return True
+        return options.backend
     if _dynamo_tracing():
-        return False  # torch.compile: the core is a graph of torch ops; a kernel call would break it
-    reason = unsupported_reason(options, xp, y_true, y_pred, kernel_for(xp, y_pred))
-    return reason is None and math.prod(y_pred.shape) >= auto_threshold(xp, y_pred)
+        return None
+    kernel = "triton" if request.arrays == "cuda" else "numba"
+    if unsupported_reason(options, request, kernel) is not None:
+        return None
+    if request.chunked or request.elements >= auto_threshold(request):
+        return kernel
+    return None
 
 
-def auto_threshold(xp: Any, y_pred: Any) -> int:
-    """The fewest elements from which ``backend="auto"`` runs a kernel for this ``y_pred``."""
-    if xp is np:
+def plan(
+    options: Any, request: Request, reduction_gradient: Callable[[], float | None] | None = None
+) -> Plan:
+    """Decide one call; raises ``ValueError`` when ``backend="numba"`` / ``"triton"`` cannot serve it.
+
+    ``reduction_gradient`` returns ``∂ reduction / ∂ L_i`` when it is one number known on the host
+    (:func:`kldiv.core.reductions.host_gradient`); it is asked only where a torch kernel could use
+    it for a one-node graph.
+    """
+    kernel = _kernel(options, request)
+    if kernel is None:
+        return CORE
+    narrow = kernel == "triton" and request.dtype in _LOW_PRECISION and not options.validate
+    scale = None
+    if request.arrays != "numpy" and not request.chunked and reduction_gradient is not None:
+        scale = reduction_gradient()
+    return Plan(kernel=kernel, widen=not narrow, gradient_scale=scale)
+
+
+def auto_threshold(request: Request) -> int:
+    """The fewest elements from which ``backend="auto"`` runs a kernel."""
+    if request.arrays == "numpy":
         return AUTO_THRESHOLD_NUMPY
-    torch = sys.modules.get("torch")
-    if getattr(y_pred, "requires_grad", False) and torch is not None and torch.is_grad_enabled():
-        return AUTO_THRESHOLD_GRAD
-    return AUTO_THRESHOLD
+    return AUTO_THRESHOLD_GRAD if request.y_pred_grad else AUTO_THRESHOLD
+
+
+def kernel_arguments(options: Any) -> dict[str, Any]:
+    """The keyword arguments of ``fused_rows`` / ``fused_rows_triton`` for these options."""
+    return {
+        "true_format": options.y_true_format,
+        "pred_format": options.y_pred_format,
+        "direction": options.direction,
+        "beta": options.beta,
+        "epsilon": options.epsilon,
+        "temperature": options.temperature,
+    }
 
 
 def _dynamo_tracing() -> bool:

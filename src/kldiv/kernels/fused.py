@@ -2,9 +2,9 @@
 
 The kernels work on ``[rows, n]`` views with the distribution axis last; inputs with another
 ``axis`` are moved (one copy). Per-sample values come back in the compute dtype, shaped like the
-core's result, with ``T²`` applied when asked. NumPy arrays and CPU torch tensors go to the Numba
-kernel, CUDA tensors (and CPU tensors with ``backend="triton"``) to the Triton kernel; each is
-imported on first use.
+core's result, with ``T²`` applied when asked. Which kernel runs is the plan's
+(:func:`kldiv.kernels.dispatch.plan`): NumPy arrays always go to the Numba kernel, torch tensors to
+the one the plan names; each is imported on first use.
 """
 
 from __future__ import annotations
@@ -15,20 +15,7 @@ from typing import Any
 
 import numpy as np
 
-
-def _kernel_options(options: Any) -> dict[str, Any]:
-    return {
-        "true_format": options.y_true_format,
-        "pred_format": options.y_pred_format,
-        "direction": options.direction,
-        "beta": options.beta,
-        "epsilon": options.epsilon,
-        "temperature": options.temperature,
-    }
-
-
-def _squared_temperature(options: Any) -> float:
-    return options.temperature**2 if options.scale_by_temperature_squared else 1.0
+from .dispatch import kernel_arguments
 
 
 def per_sample_numpy(
@@ -48,9 +35,9 @@ def per_sample_numpy(
         np.ones(rows),
         keep_rows,
         want_grad=False,
-        **_kernel_options(options),
+        **kernel_arguments(options),
     )
-    values *= _squared_temperature(options)
+    values *= options.loss_scale
     return values.astype(p.dtype, copy=False).reshape(batch_shape)
 
 
@@ -62,9 +49,12 @@ def per_sample_torch(
     axis: int,
     grad_scale_hint: float,
     reduce: Callable[[Any], Any] | None = None,
+    *,
+    kernel: str,
 ) -> Any:
     """Per-sample divergence of torch tensors, differentiable w.r.t. ``y_pred``; with ``reduce``,
-    ``reduce(per-sample divergence)`` as one autograd node.
+    ``reduce(per-sample divergence)`` as one autograd node. ``kernel`` (``"numba"`` or ``"triton"``)
+    is the plan's (:func:`kldiv.kernels.dispatch.plan`).
 
     ``grad_scale_hint`` is the gradient each row is expected to receive from the reduction (e.g.
     ``1/rows`` for a mean); the kernel writes the gradient pre-scaled by it, so that on the CPU the
@@ -76,4 +66,4 @@ def per_sample_torch(
     """
     from .torch_function import FusedDivergence
 
-    return FusedDivergence.apply(y_true, y_pred, keep, axis, options, grad_scale_hint, reduce)
+    return FusedDivergence.apply(y_true, y_pred, keep, axis, options, kernel, grad_scale_hint, reduce)

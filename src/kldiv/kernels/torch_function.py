@@ -1,8 +1,8 @@
 """``torch.autograd.Function`` around the fused kernels: value and gradient in one forward pass.
 
-One design for both devices: CPU tensors run the Numba kernel, CUDA tensors (and CPU tensors with
-``backend="triton"``, under Triton's interpreter) the Triton kernel; both have the contract of
-:func:`kldiv.kernels.numba_cpu.fused_rows`.
+One design for both devices: the plan's kernel (:func:`kldiv.kernels.dispatch.plan`) runs, Numba
+for CPU tensors, Triton for CUDA tensors (and CPU tensors under Triton's interpreter); both have
+the contract of :func:`kldiv.kernels.numba_cpu.fused_rows`.
 
 Forward runs the kernel once, writing the per-sample values and the gradient w.r.t. ``y_pred``
 pre-scaled by the expected upstream gradient (``grad_scale_hint``). Backward rescales each row by
@@ -22,12 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .fused import _kernel_options, _squared_temperature
-
-
-def _uses_triton(p: torch.Tensor, options: Any) -> bool:
-    """The Triton kernel serves CUDA tensors, and CPU tensors when ``backend="triton"`` (interpreter)."""
-    return p.device.type != "cpu" or options.backend == "triton"
+from .dispatch import kernel_arguments
 
 
 def _fused_rows(
@@ -49,7 +44,7 @@ def _fused_rows(
 
         if not isinstance(coef, torch.Tensor):
             coef = torch.full((rows,), coef, dtype=torch.float64, device=p.device)
-        return fused_rows_triton(t, p, coef, keep_rows, want_grad=want_grad, **_kernel_options(options))
+        return fused_rows_triton(t, p, coef, keep_rows, want_grad=want_grad, **kernel_arguments(options))
     from .numba_cpu import fused_rows
 
     values, grad = fused_rows(
@@ -58,7 +53,7 @@ def _fused_rows(
         coef.numpy() if isinstance(coef, torch.Tensor) else np.full(rows, coef),
         None if keep_rows is None else keep_rows.numpy(),
         want_grad=want_grad,
-        **_kernel_options(options),
+        **kernel_arguments(options),
     )
     return torch.from_numpy(values), None if grad is None else torch.from_numpy(grad)
 
@@ -76,15 +71,15 @@ class FusedDivergence(torch.autograd.Function):
     optionally followed by a linear reduction whose gradient is ``grad_scale_hint`` at every row."""
 
     @staticmethod
-    def forward(ctx, y_true, y_pred, keep, axis, options, grad_scale_hint, reduce=None):
+    def forward(ctx, y_true, y_pred, keep, axis, options, kernel, grad_scale_hint, reduce=None):
         t, p = _rows_last(y_true, axis), _rows_last(y_pred, axis)
         batch_shape, n = p.shape[:-1], p.shape[-1]
         rows = math.prod(batch_shape)
-        triton = _uses_triton(p, options)
+        triton = kernel == "triton"
         keep_rows = None
         if keep is not None:
             keep_rows = torch.broadcast_to(keep, batch_shape).reshape(rows).contiguous()
-        squared_t = _squared_temperature(options)
+        squared_t = options.loss_scale
         want_grad = bool(ctx.needs_input_grad[1])
         scale = grad_scale_hint * squared_t
         values, grad = _fused_rows(
@@ -110,7 +105,7 @@ class FusedDivergence(torch.autograd.Function):
         grad = ctx.grad
         moved_shape, axis, keep_rows, options, triton, reduced = ctx.layout
         rows = grad.shape[0]
-        squared_t = _squared_temperature(options)
+        squared_t = options.loss_scale
         if reduced:
             # One scalar upstream gradient g: row r received g · hint, and the stored gradient is
             # already scaled by hint, so it is scaled by g alone.
@@ -134,4 +129,4 @@ class FusedDivergence(torch.autograd.Function):
         grad = grad.reshape(moved_shape)
         if axis not in (-1, len(moved_shape) - 1):
             grad = torch.movedim(grad, -1, axis)
-        return None, grad, None, None, None, None, None
+        return None, grad, None, None, None, None, None, None

@@ -16,7 +16,8 @@ NumPy or list targets are moved to ``y_pred``'s device. Autograd flows to ``y_pr
 Two PyTorch-specific rules (decided per call, nothing is probed at import):
 
 * ``torch.compile``: while Dynamo traces, ``backend="auto"`` means the core (a graph of plain torch
-  ops that Inductor fuses; no graph break), not the Numba kernel, which Dynamo cannot trace.
+  ops that Inductor fuses; no graph break), not the Numba kernel, which Dynamo cannot trace
+  (:func:`kldiv.kernels.dispatch.plan` decides it, as every other kernel choice).
 * ``torch.autocast``: with autocast enabled for ``y_pred``'s device and ``dtype=None``, the loss is
   computed and returned in float32, as PyTorch's own losses are autocast to float32 (``kl_div`` is on
   CUDA autocast's float32 list). Outside autocast, float16 / bfloat16 inputs accumulate in float32
@@ -56,20 +57,14 @@ __all__ = [
 Tensor = Any
 
 
-def _call_state(y_pred: Tensor) -> tuple[bool, bool]:
-    """(Dynamo is tracing, autocast is enabled for ``y_pred``'s device)."""
-    device_type = y_pred.device.type if isinstance(y_pred, torch.Tensor) else "cpu"
-    return torch.compiler.is_compiling(), torch.is_autocast_enabled(device_type)
+def _autocast(y_pred: Tensor) -> bool:
+    """Whether autocast is enabled for ``y_pred``'s device."""
+    return torch.is_autocast_enabled(y_pred.device.type if isinstance(y_pred, torch.Tensor) else "cpu")
 
 
-def _overrides(options: dict[str, Any], compiling: bool, autocast: bool) -> dict[str, Any]:
-    """The per-call option overrides of the module docstring."""
-    overrides = {}
-    if compiling and options.get("backend", "auto") == "auto":
-        overrides["backend"] = "core"
-    if autocast and options.get("dtype") is None:
-        overrides["dtype"] = "float32"
-    return overrides
+def _overrides(options: dict[str, Any], autocast: bool) -> dict[str, Any]:
+    """The per-call option override of the module docstring (autocast: float32 results)."""
+    return {"dtype": "float32"} if autocast and options.get("dtype") is None else {}
 
 
 def _call(loss: _losses._DivergenceLoss, *args: Any, **kwargs: Any) -> Tensor:
@@ -87,15 +82,15 @@ class _TorchDivergence(torch.nn.Module):
     def __init__(self, reduction: str | None = "auto", name: str | None = None, **options: Any) -> None:
         super().__init__()
         self.loss = self._agnostic(reduction=reduction, name=name or self._default_name, **options)
-        # The loss under each combination of the per-call overrides, built here so that nothing
-        # is constructed while torch.compile traces.
+        # The loss with and without the autocast override, built here so that nothing is
+        # constructed while torch.compile traces.
         config = self.loss.get_config()
-        self._variants: dict[tuple[bool, bool], _losses._DivergenceLoss] = {}
-        for state in ((False, False), (False, True), (True, False), (True, True)):
-            overrides = _overrides(config, *state)
-            self._variants[state] = (
-                self._agnostic.from_config({**config, **overrides}) if overrides else self.loss
-            )
+        self._variants: dict[bool, _losses._DivergenceLoss] = {
+            autocast: self._agnostic.from_config({**config, **_overrides(config, autocast)})
+            if _overrides(config, autocast)
+            else self.loss
+            for autocast in (False, True)
+        }
 
     @property
     def options(self) -> Any:
@@ -117,7 +112,7 @@ class _TorchDivergence(torch.nn.Module):
         num_items: Any = None,
     ) -> Tensor:
         """The weighted, reduced loss (see :meth:`kldiv.KLDivergence.__call__`)."""
-        return self._variants[_call_state(y_pred)](
+        return self._variants[_autocast(y_pred)](
             y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items
         )
 
@@ -177,7 +172,7 @@ def kl_divergence(
     """Functional :class:`KLDivergence`; with the default ``reduction="none"`` and no weight it is
     the per-sample loss of :func:`kldiv.kl_divergence` (same options)."""
     loss = _losses.KLDivergence(
-        reduction=reduction, **{**options, **_overrides(options, *_call_state(y_pred))}
+        reduction=reduction, **{**options, **_overrides(options, _autocast(y_pred))}
     )
     return _call(loss, y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items)
 
@@ -195,6 +190,6 @@ def js_divergence(
 ) -> Tensor:
     """Functional :class:`JSDivergence` (per-sample by default, like :func:`kldiv.js_divergence`)."""
     loss = _losses.JSDivergence(
-        reduction=reduction, **{**options, **_overrides(options, *_call_state(y_pred))}
+        reduction=reduction, **{**options, **_overrides(options, _autocast(y_pred))}
     )
     return _call(loss, y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items)

@@ -1,0 +1,85 @@
+"""Evaluation of a prepared call by its plan: the core's formula or a fused kernel.
+
+The second half of every loss call (the first is :func:`kldiv._prepare.prepare`, the decision
+:func:`kldiv.kernels.dispatch.plan`). Both branches give the same per-sample values: 0 at masked
+positions (with exactly 0 gradient there), multiplied by :attr:`kldiv.Options.loss_scale`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._prepare import Prepared
+from .core import masking
+from .core.divergences import divergence
+from .kernels.dispatch import Plan
+from .options import Options
+
+Array = Any
+
+
+def per_sample(options: Options, prepared: Prepared, plan: Plan) -> Array:
+    """The per-sample divergence of ``prepared``, in the compute dtype."""
+    if plan.kernel is not None:
+        from .kernels import fused
+
+        if prepared.xp is np:
+            return fused.per_sample_numpy(
+                options, prepared.y_true, prepared.y_pred, prepared.keep, prepared.axis
+            )
+        return fused.per_sample_torch(
+            options, prepared.y_true, prepared.y_pred, prepared.keep, prepared.axis, 1.0, kernel=plan.kernel
+        )
+    if prepared.xp is np:
+        # Exact mode's documented +inf (p = 0 < t) and all -inf logit rows are results, not
+        # accidents: keep NumPy from warning about the log(0) behind them.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return _core(options, prepared)
+    return _core(options, prepared)
+
+
+def reduced(options: Options, prepared: Prepared, plan: Plan, reduce: Callable[[Array], Array]) -> Array:
+    """``reduce(per-sample divergence)``; one autograd node when the plan says so (the kernel's
+    gradient, pre-scaled by the reduction's host-known gradient, is handed to autograd as it is)."""
+    if not plan.one_node:
+        return reduce(per_sample(options, prepared, plan))
+    from .kernels import fused
+
+    return fused.per_sample_torch(
+        options,
+        prepared.y_true,
+        prepared.y_pred,
+        prepared.keep,
+        prepared.axis,
+        plan.gradient_scale,
+        reduce,
+        kernel=plan.kernel,
+    )
+
+
+def _core(options: Options, prepared: Prepared) -> Array:
+    xp, y_true, y_pred, keep = prepared.xp, prepared.y_true, prepared.y_pred, prepared.keep
+    if keep is not None:
+        # Masked rows of both inputs become a safe constant first: no NaN in the backward pass.
+        y_true = masking.mask_input(xp, y_true, options.y_true_format, keep, prepared.axis)
+        y_pred = masking.mask_input(xp, y_pred, options.y_pred_format, keep, prepared.axis)
+    losses = divergence(
+        xp,
+        y_true,
+        y_pred,
+        true_format=options.y_true_format,
+        pred_format=options.y_pred_format,
+        epsilon=options.epsilon,
+        axis=prepared.axis,
+        direction=options.direction,
+        beta=options.beta,
+        temperature=options.temperature,
+    )
+    if options.loss_scale != 1.0:
+        losses = losses * options.loss_scale
+    if keep is not None:
+        losses = masking.mask_losses(xp, losses, keep)
+    return losses
