@@ -12,6 +12,7 @@ is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -321,7 +322,11 @@ def _dispatch_section(torch: Any, device: str) -> dict:
 
     checks = {}
     x = torch.full((2, 3), 1 / 3, device=device)
-    checks["kernel_for"] = dispatch.kernel_for(xp, x)
+    from kldiv.options import Options
+
+    # The kernel backend="auto" picks for these tensors, above any size threshold.
+    request = dataclasses.replace(dispatch.describe(xp, x, x), chunked=True)
+    checks["kernel_for"] = dispatch.plan(Options(), request).kernel
     try:
         kldiv.kl_divergence(np.full((2, 3), 1 / 3), np.full((2, 3), 1 / 3), backend="triton")
         checks["numpy_refused"] = False
@@ -347,7 +352,6 @@ def _dispatch_section(torch: Any, device: str) -> dict:
     checks["empty_vocabulary"] = values.tolist() == [0.0, 0.0, 0.0] and tuple(grad.shape) == (3, 0)
     if device == "cuda":  # no host synchronisation on the CUDA path, forward and backward
         from kldiv.kernels import fused
-        from kldiv.options import Options
 
         options = Options(y_true_format="logits", y_pred_format="logits", epsilon=0.0, backend="triton")
         t = torch.randn(8, 1000, device=device)
@@ -356,7 +360,7 @@ def _dispatch_section(torch: Any, device: str) -> dict:
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            fused.per_sample_torch(options, t, p, keep, -1, 1 / 8).mean().backward()
+            fused.per_sample_torch(options, t, p, keep, -1, 1 / 8, kernel="triton").mean().backward()
             checks["no_host_sync"] = True
         except RuntimeError as error:
             checks["no_host_sync"] = str(error)
