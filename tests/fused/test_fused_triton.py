@@ -3,7 +3,8 @@
 The chunks of CUDA tensors are computed by the Triton kernel (value and gradient w.r.t. the chunk's
 logits in one launch, written over the logits buffer). Without a GPU, Triton's interpreter runs the
 same kernel on CPU tensors: ``test_interpreted`` runs this file again in a subprocess with
-``TRITON_INTERPRET=1`` (set before Triton is imported) and ``kldiv.fused.torch._FORCE_TRITON`` set;
+``TRITON_INTERPRET=1`` (set before Triton is imported) and CPU tensors described to the plan as
+CUDA ones (``kldiv.fused._torch_chunks.DEVICE_ARRAYS``);
 the cases below run only there. Sizes are tiny (the interpreter runs each row in Python).
 """
 
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 import kldiv
-from kldiv.fused import torch as fused_torch
+from kldiv.fused import _torch_chunks as fused_chunks
 from kldiv.fused.torch import FusedLinearJSDivergence, FusedLinearKLDivergence, chunked_kl_divergence
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -65,7 +66,7 @@ def triton_chunks(monkeypatch):
         launches.append({"dtype": y_pred.dtype, "want_grad": want_grad, "in_place": in_place})
         return launcher(y_true, y_pred, *args, out=out, want_grad=want_grad, **kwargs)
 
-    monkeypatch.setattr(fused_torch, "_FORCE_TRITON", True)
+    monkeypatch.setitem(fused_chunks.DEVICE_ARRAYS, "cpu", "cuda")
     monkeypatch.setattr(triton_kernels, "fused_rows_triton", spy)
     return launches
 

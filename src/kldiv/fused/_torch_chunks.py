@@ -1,0 +1,399 @@
+r"""The chunk engine of the PyTorch chunked and fused-linear divergences (:mod:`kldiv.fused.torch`).
+
+Forward walks the tokens in chunks of ``c`` rows (:func:`kldiv.core.chunking.rows_per_chunk`). For
+each chunk it forms the chunk's logits, computes the per-token divergence and its gradient w.r.t.
+the chunk's logits ``g`` — with the fused kernel the plan names (Numba on CPU, Triton on CUDA: value
+and gradient in one pass, written over the chunk's logits buffer) or by autograd through kldiv's
+core (every option, a sparse top-k teacher, a teacher that needs a gradient) — and accumulates the
+gradients of the parameters right away::
+
+    grad_hidden[chunk] = g @ weight            grad_weight += g.T @ hidden[chunk]      grad_bias += g.sum(0)
+
+so that peak extra memory is one chunk of logits and its temporaries plus the gradients themselves.
+Backward multiplies the stored gradients by the upstream scalar. With ``reduction="none"`` the
+per-token gradient factors are only known in backward, which then recomputes the chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import _namespace
+from .. import losses as _losses
+from ..core import chunking
+from ..core.reductions import token_coefficients
+from ..kernels import dispatch
+from ..options import Options
+
+# Chunks that form logits with a matmul get at least this many tokens: below it, each chunk's passes
+# over the [V, H] weight (three products per chunk) cost more than the memory saved (measured at
+# V = 128256: BT = 512 took 1.03-1.13x the naive time with 196-row chunks, 0.96x with 512).
+MATMUL_MIN_ROWS = 512
+
+DEVICE_ARRAYS = {"cpu": "torch", "cuda": "cuda"}
+"""The :class:`kldiv.kernels.dispatch.Request` ``arrays`` of a device. Tests map ``"cpu"`` to
+``"cuda"`` so that the plan sends CPU chunks to the Triton kernel (run by Triton's interpreter)."""
+
+
+@dataclass(frozen=True)
+class _Config:
+    options: Options  # the chunk's divergence options: logits in, no T² (it is in the coefficients)
+    reduction: str
+    rows_per_chunk: int
+    topk_format: str
+    kernel: str | None  # the plan's: "numba" (CPU), "triton" (CUDA) or None: autograd through the core
+
+
+@dataclass
+class Inputs:
+    """What the chunks read: the student's logits source and one teacher form (the rest None)."""
+
+    student_hidden: torch.Tensor | None = None
+    student_weight: torch.Tensor | None = None
+    student_bias: torch.Tensor | None = None
+    student_logits: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
+    teacher_hidden: torch.Tensor | None = None
+    teacher_weight: torch.Tensor | None = None
+    teacher_bias: torch.Tensor | None = None
+    topk_indices: torch.Tensor | None = None
+    topk_values: torch.Tensor | None = None
+
+
+def _linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.nn.functional.linear(hidden, weight, bias)
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 → float32 (kldiv's accumulation rule); float32 / float64 unchanged."""
+    return x.float() if x.element_size() < 4 else x
+
+
+def _sparse_log_probs(
+    student_logits: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, topk_format: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher and student as distributions over the top-k entries (+ the tail bucket)."""
+    student_logits, values = _wide(student_logits), _wide(values)
+    student = torch.log_softmax(student_logits, dim=-1)
+    if topk_format == "logits":
+        restricted = torch.gather(student_logits, -1, indices)
+        return torch.log_softmax(values, dim=-1), torch.log_softmax(restricted, dim=-1)
+    teacher_top = values
+    student_top = torch.gather(student, -1, indices)
+    if indices.shape[-1] == student_logits.shape[-1]:
+        return teacher_top, student_top  # k = V: no tail (its rounding residue is not a bucket)
+    mass = torch.exp(teacher_top).sum(-1, keepdim=True).clamp(max=1.0)
+    teacher_tail = torch.log1p(-mass)
+    student_tail = torch.logsumexp(student.scatter(-1, indices, -math.inf), dim=-1, keepdim=True)
+    return torch.cat([teacher_top, teacher_tail], -1), torch.cat([student_top, student_tail], -1)
+
+
+def _chunk_values(config: _Config, teacher: torch.Tensor, student: torch.Tensor, sparse: Any) -> torch.Tensor:
+    """Per-token divergence of one chunk (the core's formula, autograd-able)."""
+    options = config.options
+    if sparse is not None:
+        teacher, student = _sparse_log_probs(student, *sparse, config.topk_format)
+        options = dataclasses.replace(
+            options, y_true_format="log_probs", y_pred_format="log_probs", temperature=1.0
+        )
+    return _losses.per_sample(options, _wide(teacher), _wide(student))
+
+
+def _run(
+    config: _Config,
+    inputs: Inputs,
+    coef: torch.Tensor,
+    keep: torch.Tensor,
+    want: dict[str, bool],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """All chunks: per-token values ``[BT]`` (0 where masked) and the requested gradients of
+    ``Σ coef · values`` w.r.t. the inputs named in ``want``."""
+    rows = coef.shape[0]
+    values = torch.zeros(rows, dtype=coef.dtype, device=coef.device)
+    grads: dict[str, torch.Tensor] = {}
+    for name, tensor in vars(inputs).items():
+        if want.get(name):
+            # Parameter gradients accumulate in float32; row gradients are written per chunk. Weights'
+            # are written by the first chunk's product (no zero fill, no read of zeros); biases add.
+            new = torch.zeros if rows == 0 or name.endswith("_bias") else torch.empty
+            grads[name] = new(tensor.shape, dtype=coef.dtype, device=tensor.device)
+    workspace = _Workspace(config, inputs, any(want.values()))
+    for index, (start, stop) in enumerate(chunking.chunks(rows, config.rows_per_chunk)):
+        chunk = slice(start, stop)
+        _run_chunk(config, inputs, coef, keep, want, values, grads, chunk, workspace, first=index == 0)
+    return values, grads
+
+
+class _Workspace:
+    """Chunk-sized buffers reused by every chunk of a kernel pass (no allocation per chunk): the
+    student's logits, which the kernels overwrite with their gradient, and the teacher's
+    logits when they are formed from hidden states (given teacher logits are read in place)."""
+
+    def __init__(self, config: _Config, inputs: Inputs, want_grad: bool) -> None:
+        self.student = self.teacher = None
+        if config.kernel is None:
+            return
+        # The kernels read the student's dtype (Triton reads float16 / bfloat16 as they are; Numba
+        # reads them widened to float32).
+        source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
+        rows, dtype, device = min(config.rows_per_chunk, source.shape[0]), source.dtype, source.device
+        if config.kernel == "numba":
+            dtype = _wide(source).dtype
+        vocab = source.shape[-1] if inputs.student_logits is not None else inputs.student_weight.shape[0]
+        if inputs.student_logits is None or want_grad:
+            self.student = torch.empty((rows, vocab), dtype=dtype, device=device)
+        if inputs.teacher_hidden is not None:  # formed in the teacher's dtype, cast per chunk
+            self.teacher = torch.empty((rows, vocab), dtype=inputs.teacher_hidden.dtype, device=device)
+
+
+def _linear_into(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None
+) -> torch.Tensor:
+    """``hidden @ weight.T + bias`` written into ``out[:rows]`` (a new tensor when ``out`` is None)."""
+    same = out is not None and hidden.dtype == weight.dtype == out.dtype
+    if not same or (bias is not None and bias.dtype != out.dtype):
+        return _linear(hidden, weight, bias)
+    out = out[: hidden.shape[0]]
+    if bias is None:
+        return torch.mm(hidden.detach(), weight.detach().T, out=out)
+    return torch.addmm(bias.detach(), hidden.detach(), weight.detach().T, out=out)
+
+
+def _student_logits(inputs: Inputs, chunk: slice, out: torch.Tensor | None = None) -> torch.Tensor:
+    if inputs.student_logits is not None:
+        return inputs.student_logits[chunk]
+    return _linear_into(inputs.student_hidden[chunk], inputs.student_weight, inputs.student_bias, out)
+
+
+def _teacher_logits(inputs: Inputs, chunk: slice, out: torch.Tensor | None = None) -> torch.Tensor:
+    if inputs.teacher_logits is not None:
+        return inputs.teacher_logits[chunk]
+    return _linear_into(inputs.teacher_hidden[chunk], inputs.teacher_weight, inputs.teacher_bias, out)
+
+
+def _chunk_by_numba(config, inputs, coef, keep, want, chunk, workspace):
+    """Value and ∂/∂student-logits of one chunk from the fused Numba kernel (CPU, one pass)."""
+    from ..kernels.numba_cpu import fused_rows
+
+    student = _wide(_student_logits(inputs, chunk, workspace.student).detach()).contiguous()
+    teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype).contiguous()
+    want_grad = any(want.values())
+    out = None
+    if want_grad:  # in place over the formed logits; the given logits are the caller's: a buffer
+        out = student if inputs.student_logits is None else workspace.student[: student.shape[0]]
+    values, grad = fused_rows(
+        teacher.numpy(),
+        student.numpy(),
+        coef[chunk].double().numpy(),
+        keep[chunk].numpy(),
+        want_grad=want_grad,
+        out=None if out is None else out.numpy(),
+        **dispatch.kernel_arguments(config.options),
+    )
+    gradients = {} if grad is None else {"student": torch.from_numpy(grad)}
+    return torch.from_numpy(values), gradients
+
+
+def _chunk_by_triton(config, inputs, coef, keep, want, chunk, workspace):
+    """Value and ∂/∂student-logits of one chunk from the Triton kernel in one launch, the gradient
+    written over the chunk's logits buffer (CUDA; CPU tensors under ``TRITON_INTERPRET=1``).
+    float16 / bfloat16 logits are read as they are and accumulated in float32."""
+    from ..kernels.triton import fused_rows_triton
+
+    student = _student_logits(inputs, chunk, workspace.student).detach()
+    teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype)
+    want_grad = any(want.values())
+    out = None
+    if want_grad:  # in place over the formed logits; the given logits are the caller's: a buffer
+        out = student if inputs.student_logits is None else workspace.student[: student.shape[0]]
+    values, grad = fused_rows_triton(
+        teacher,
+        student,
+        coef[chunk],
+        keep[chunk],
+        want_grad=want_grad,
+        out=out,
+        **dispatch.kernel_arguments(config.options),
+    )
+    return values, {} if grad is None else {"student": grad}
+
+
+def _chunk_by_autograd(config, inputs, coef, keep, want, chunk, workspace):
+    """Value and gradients of one chunk by autograd through kldiv's core (any device, every option)."""
+    teacher_wants = any(
+        want.get(n) for n in ("teacher_logits", "teacher_hidden", "teacher_weight", "teacher_bias")
+    )
+    with torch.enable_grad():
+        student = _student_logits(inputs, chunk).detach().requires_grad_(True)
+        leaves = {"student": student}
+        sparse, teacher = None, None
+        if inputs.topk_indices is not None:
+            sparse = (inputs.topk_indices[chunk], inputs.topk_values[chunk])
+        else:
+            teacher = _teacher_logits(inputs, chunk).detach().requires_grad_(teacher_wants)
+            if teacher_wants:
+                leaves["teacher"] = teacher
+        per_token = _chunk_values(config, teacher, student, sparse)
+        per_token = torch.where(keep[chunk], per_token, torch.zeros_like(per_token))
+        if not any(want.values()):
+            return per_token.detach(), {}
+        gradients = torch.autograd.grad((per_token * coef[chunk]).sum(), list(leaves.values()))
+    return per_token.detach(), dict(zip(leaves, gradients, strict=True))
+
+
+_COMPUTE = {"numba": _chunk_by_numba, "triton": _chunk_by_triton, None: _chunk_by_autograd}
+
+
+def _add_matmul(accumulator: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
+    """``accumulator += a @ b`` in place, or ``accumulator = a @ b`` for the ``first`` chunk
+    (float16 / bfloat16 factors are widened to its dtype)."""
+    if a.dtype != accumulator.dtype or b.dtype != accumulator.dtype:
+        a, b = a.to(accumulator.dtype), b.to(accumulator.dtype)
+    if first:
+        torch.mm(a, b, out=accumulator)
+    else:
+        accumulator.addmm_(a, b)
+
+
+def _run_chunk(config, inputs, coef, keep, want, values, grads, chunk, workspace, first=False) -> None:
+    per_token, gradients = _COMPUTE[config.kernel](config, inputs, coef, keep, want, chunk, workspace)
+    values[chunk] = per_token
+    for side, g in gradients.items():
+        if want.get(f"{side}_logits"):
+            grads[f"{side}_logits"][chunk] = g
+        hidden = getattr(inputs, f"{side}_hidden")
+        weight = getattr(inputs, f"{side}_weight")
+        if want.get(f"{side}_hidden"):
+            target = grads[f"{side}_hidden"][chunk]
+            if g.dtype == weight.dtype == target.dtype:
+                torch.mm(g, weight.detach(), out=target)  # straight into the gradient's rows
+            else:  # low precision: the product in the factors' dtype, stored in float32
+                target.copy_(g @ weight.detach().to(g.dtype))
+        if want.get(f"{side}_weight"):
+            _add_matmul(grads[f"{side}_weight"], g.T, hidden[chunk].detach(), first)
+        if want.get(f"{side}_bias"):
+            grads[f"{side}_bias"] += g.sum(0, dtype=grads[f"{side}_bias"].dtype)
+
+
+_NAMES = tuple(Inputs.__dataclass_fields__)
+
+
+class _FusedFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, config, coef, keep, *tensors):
+        inputs = Inputs(*tensors)
+        want = {n: bool(ctx.needs_input_grad[3 + i]) for i, n in enumerate(_NAMES)}
+        ctx.config, ctx.inputs, ctx.coef, ctx.keep, ctx.want = config, inputs, coef, keep, want
+        scalar = config.reduction != "none"
+        values, grads = _run(config, inputs, coef, keep, want if scalar else {})
+        ctx.grads = grads
+        if not scalar:
+            return values * coef  # per token: mask, weight and T² applied
+        return (values * coef).sum()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        inputs, want = ctx.inputs, ctx.want
+        if ctx.config.reduction == "none":
+            _, grads = _run(ctx.config, inputs, ctx.coef * grad_output.to(ctx.coef.dtype), ctx.keep, want)
+        else:
+            if ctx.grads is None:  # a second backward through a retained graph: compute them again
+                _, grads = _run(ctx.config, inputs, ctx.coef, ctx.keep, want)
+            else:
+                # Hand the stored gradients over (no reference kept), so that autograd can use them
+                # as the parameters' .grad without a copy.
+                grads, ctx.grads = ctx.grads, None
+            # Always one multiply on CUDA (comparing the upstream with 1 would synchronise with the
+            # host); on the CPU the comparison is free and usually spares a pass over the gradients.
+            if grad_output.device.type != "cpu" or bool(grad_output != 1):
+                grads = {name: g.mul_(grad_output.to(g.dtype)) for name, g in grads.items()}
+        out = []
+        for name in _NAMES:
+            tensor = getattr(inputs, name)
+            out.append(grads[name].to(tensor.dtype) if name in grads else None)
+        return (None, None, None, *out)
+
+
+def _temporaries(kernel: str | None, inputs: Inputs, dtype: torch.dtype) -> int:
+    """Chunk-sized arrays (in units of the compute dtype's ``[c, V]``) at a kernel path's peak: the
+    student's logits buffer, the teacher's when it is formed (both kernels write the gradient over
+    the logits), and float32 copies of a float16 / bfloat16 gradient for the weight's accumulation."""
+    if kernel is None:
+        return chunking.AUTOGRAD_TEMPORARIES
+    count = 1 + (inputs.teacher_hidden is not None)  # given student logits: the buffer holds the gradient
+    if torch.finfo(dtype).bits < 32:
+        count += 1
+    return max(1, count)
+
+
+def _kernel(options: Options, inputs: Inputs, dtype: torch.dtype, device: torch.device) -> str | None:
+    """The plan's kernel for the chunks (:func:`kldiv.kernels.dispatch.plan`, no size threshold)."""
+    teacher = (inputs.teacher_logits, inputs.teacher_hidden, inputs.teacher_weight, inputs.teacher_bias)
+    request = dispatch.Request(
+        arrays=DEVICE_ARRAYS.get(device.type),
+        dtype=_namespace.dtype_name(dtype),
+        y_true_grad=any(t is not None and t.requires_grad for t in teacher),
+        chunked=True,
+        sparse=inputs.topk_indices is not None,
+        source=f"torch on {device.type}",
+    )
+    return dispatch.plan(options, request).kernel
+
+
+def loss(
+    options: Options,
+    reduction: str,
+    inputs: Inputs,
+    *,
+    keep: torch.Tensor,
+    sample_weight: Any,
+    num_items: Any,
+    batch_size: int,
+    chunk_size: int | None,
+    memory_budget: int,
+    topk_format: str,
+) -> torch.Tensor:
+    """The reduced (or, for ``"none"``, per-token) loss of ``inputs``, chunk by chunk, in the
+    accumulation dtype (float64 for float64 inputs, else float32)."""
+    source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
+    rows, dtype, device = keep.shape[0], source.dtype, source.device
+    logits = inputs.student_logits
+    vocab = logits.shape[-1] if logits is not None else inputs.student_weight.shape[0]
+    accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+    weight = None
+    if sample_weight is not None:
+        weight = torch.as_tensor(sample_weight, dtype=accumulate, device=device).reshape(-1).expand(rows)
+    if num_items is not None and not isinstance(num_items, (int, float)):
+        num_items = torch.as_tensor(num_items, dtype=accumulate, device=device)
+    coef = token_coefficients(
+        _namespace.namespace_of(keep),
+        reduction,
+        keep,
+        sample_weight=weight,
+        num_items=num_items,
+        batch_size=batch_size,
+        scale=options.loss_scale,
+        dtype=accumulate,
+    )
+    kernel = _kernel(options, inputs, dtype, device)
+    config = _Config(
+        options=dataclasses.replace(options, scale_by_temperature_squared=False, backend="core"),
+        reduction=reduction,
+        rows_per_chunk=chunking.rows_per_chunk(
+            rows,
+            vocab,
+            memory_budget=memory_budget,
+            chunk_size=chunk_size,
+            bytes_per_element=max(4, torch.finfo(dtype).bits // 8),
+            temporaries=_temporaries(kernel, inputs, dtype),
+            minimum_rows=MATMUL_MIN_ROWS if inputs.student_logits is None else 1,
+        ),
+        topk_format=topk_format,
+        kernel=kernel,
+    )
+    return _FusedFunction.apply(config, coef, keep, *(getattr(inputs, n) for n in _NAMES))
