@@ -14,6 +14,7 @@ and the teacher's hidden states / weight when they are differentiated too.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -21,10 +22,12 @@ import jax.numpy as jnp
 
 from .. import losses as _losses
 from ..core import chunking
+from ..core.reductions import token_coefficients
+from ..options import Options
 
 __all__ = ["fused_linear_js_divergence", "fused_linear_kl_divergence"]
 
-REDUCTIONS = ("token_mean", "mean", "sum_over_batch_size", "auto", "sum", "batchmean")
+REDUCTIONS = ("auto", "token_mean", "mean", "sum_over_batch_size", "sum", "batchmean")
 
 
 def _sparse_log_probs(student_logits, indices, values, topk_format):
@@ -46,7 +49,6 @@ def _sparse_log_probs(student_logits, indices, values, topk_format):
 
 
 def _fused(
-    js: bool,
     student_hidden: jax.Array,
     student_weight: jax.Array,
     student_bias: jax.Array | None,
@@ -65,7 +67,7 @@ def _fused(
     num_items: Any,
     chunk_size: int | None,
     memory_budget: int,
-    options: dict[str, Any],
+    options: Options,
 ) -> jax.Array:
     if reduction not in REDUCTIONS:
         raise ValueError(f"Argument `reduction`: expected one of {REDUCTIONS}; received {reduction!r}.")
@@ -78,24 +80,25 @@ def _fused(
     batch_size = student_hidden.shape[0]
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
     rows, vocab = hidden.shape[0], student_weight.shape[0]
-    scale = options.pop("temperature_squared", 1.0)
     keep = jnp.ones(rows, dtype=bool)
     if labels is not None:
-        keep = keep & (labels.reshape(-1) != options.get("ignore_index", -100))
+        keep = keep & (labels.reshape(-1) != options.ignore_index)
     if mask is not None:
         keep = keep & mask.reshape(-1).astype(bool)
     accumulate = jnp.float64 if hidden.dtype == jnp.float64 else jnp.float32
-    coef = keep.astype(accumulate) * scale
+    weight = None
     if sample_weight is not None:
-        coef = coef * jnp.broadcast_to(jnp.asarray(sample_weight, accumulate).reshape(-1), (rows,))
-    if reduction != "sum":
-        if num_items is not None:
-            coef = coef / num_items
-        elif reduction == "batchmean":
-            coef = coef / batch_size
-        else:
-            count = keep.sum()
-            coef = jnp.where(count > 0, coef / jnp.maximum(count, 1), 0.0)
+        weight = jnp.broadcast_to(jnp.asarray(sample_weight, accumulate).reshape(-1), (rows,))
+    coef = token_coefficients(
+        jnp,
+        reduction,
+        keep,
+        sample_weight=weight,
+        num_items=num_items,
+        batch_size=batch_size,
+        scale=options.loss_scale,
+        dtype=accumulate,
+    )
     size = chunking.rows_per_chunk(
         rows, vocab, memory_budget=memory_budget, chunk_size=chunk_size, bytes_per_element=4
     )
@@ -114,23 +117,25 @@ def _fused(
         key: jnp.pad(value, [(0, pad)] + [(0, 0)] * (value.ndim - 1)).reshape(-1, size, *value.shape[1:])
         for key, value in per_row.items()
     }
-    function = _losses.js_divergence if js else _losses.kl_divergence
+    chunk_options = dataclasses.replace(options, scale_by_temperature_squared=False, backend="core")
 
     @jax.checkpoint
     def chunk_loss(params, chunk):
         weight, bias, t_weight, t_bias = params
         student = chunk["hidden"] @ weight.T + (0.0 if bias is None else bias)
-        formats = {"y_true_format": "logits", "y_pred_format": "logits"}
+        chunk_formats = chunk_options
         if "indices" in chunk:
             teacher, student = _sparse_log_probs(
                 student, chunk["indices"], chunk["values"], teacher_topk_format
             )
-            formats = {"y_true_format": "log_probs", "y_pred_format": "log_probs", "temperature": 1.0}
+            chunk_formats = dataclasses.replace(
+                chunk_options, y_true_format="log_probs", y_pred_format="log_probs", temperature=1.0
+            )
         elif "logits" in chunk:
             teacher = chunk["logits"]
         else:
             teacher = chunk["hidden_teacher"] @ t_weight.T + (0.0 if t_bias is None else t_bias)
-        per_token = function(teacher, student, backend="core", **{**options, **formats})
+        per_token = _losses.per_sample(chunk_formats, teacher, student)
         per_token = jnp.where(chunk["keep"], per_token.astype(accumulate), 0.0)
         return jnp.sum(per_token * chunk["coef"])
 
@@ -140,19 +145,15 @@ def _fused(
         return total + chunk_loss(params, chunk), None
 
     total, _ = jax.lax.scan(body, jnp.zeros((), accumulate), per_row)
-    return total.astype(hidden.dtype) if hidden.dtype in (jnp.float16, jnp.bfloat16) else total
+    return total.astype(options.dtype or hidden.dtype)  # the input dtype, or the `dtype` option
 
 
-def _split_options(js: bool, options: dict[str, Any]) -> dict[str, Any]:
-    squared = options.pop("scale_by_temperature_squared", False)
-    options.setdefault("epsilon", 0.0)
-    options.setdefault("temperature", 1.0)
+def _options(js: bool, options: dict[str, Any]) -> Options:
+    """kldiv's one option set (same names, defaults and checks as :class:`kldiv.KLDivergence`);
+    both inputs are logits."""
     if js:
         options.setdefault("beta", 0.5)
-    # Validate with kldiv's own checks (same messages as kldiv.KLDivergence).
-    _losses.Options.create(**options)
-    options["temperature_squared"] = options["temperature"] ** 2 if squared else 1.0
-    return options
+    return Options.create(**options, y_true_format="logits", y_pred_format="logits")
 
 
 def fused_linear_kl_divergence(
@@ -167,7 +168,7 @@ def fused_linear_kl_divergence(
     teacher_topk_indices: jax.Array | None = None,
     teacher_topk_values: jax.Array | None = None,
     teacher_topk_format: str = "log_probs",
-    reduction: str = "token_mean",
+    reduction: str = "auto",
     labels: jax.Array | None = None,
     mask: jax.Array | None = None,
     sample_weight: Any = None,
@@ -177,10 +178,11 @@ def fused_linear_kl_divergence(
     **options: Any,
 ) -> jax.Array:
     """KL(teacher ‖ softmax(student_hidden @ student_weight.T + bias)) reduced over tokens, chunk by
-    chunk (see the module docstring). ``options``: ``direction``, ``epsilon`` (default 0),
-    ``temperature``, ``scale_by_temperature_squared``, ``ignore_index``."""
+    chunk (see the module docstring). ``reduction="auto"`` (as every kldiv loss) is the mean over
+    unmasked tokens. ``options``: kldiv's option set, as :class:`kldiv.KLDivergence` (``direction``,
+    ``epsilon`` — ``None``, the default, is exact mode for these logits —, ``temperature``,
+    ``scale_by_temperature_squared``, ``ignore_index``, ``dtype``)."""
     return _fused(
-        False,
         student_hidden,
         student_weight,
         student_bias,
@@ -198,7 +200,7 @@ def fused_linear_kl_divergence(
         num_items=num_items,
         chunk_size=chunk_size,
         memory_budget=memory_budget,
-        options=_split_options(False, dict(options)),
+        options=_options(False, dict(options)),
     )
 
 
@@ -221,13 +223,12 @@ def fused_linear_js_divergence(
     )
     call = {name: kwargs.pop(name, None) for name in names}
     return _fused(
-        True,
         student_hidden,
         student_weight,
         student_bias,
         **call,
         teacher_topk_format=kwargs.pop("teacher_topk_format", "log_probs"),
-        reduction=kwargs.pop("reduction", "token_mean"),
+        reduction=kwargs.pop("reduction", "auto"),
         memory_budget=kwargs.pop("memory_budget", chunking.DEFAULT_MEMORY_BUDGET),
-        options=_split_options(True, kwargs),
+        options=_options(True, kwargs),
     )
