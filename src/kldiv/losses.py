@@ -7,13 +7,16 @@ scalars are converted as Keras converts them (Python floats become float32).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import _distribute, _evaluate, _validate
 from ._prepare import Prepared, prepare
 from .core.reductions import KERAS3_REDUCTIONS, host_gradient, reduce_weighted
 from .kernels import dispatch
-from .options import Options
+from .options import OptionArguments, Options
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Array = Any
 
@@ -47,20 +50,9 @@ def kl_divergence(
     y_true: Array,
     y_pred: Array,
     *,
-    y_true_format: str = "probs",
-    y_pred_format: str = "probs",
-    from_logits: bool = False,
-    epsilon: float | None = None,
-    axis: int = -1,
-    dtype: Any = None,
-    direction: str = "forward",
-    temperature: float = 1.0,
-    scale_by_temperature_squared: bool = False,
     mask: Array | None = None,
     labels: Array | None = None,
-    ignore_index: int = -100,
-    validate: bool = False,
-    backend: str = "auto",
+    **options: Unpack[OptionArguments],
 ) -> Array:
     r"""Per-sample Kullback–Leibler divergence :math:`\sum_i t_i \log(t_i / p_i)` along ``axis``.
 
@@ -107,7 +99,7 @@ def kl_divergence(
         >>> print(kldiv.kl_divergence([[0, 1], [0, 0]], [[0.6, 0.4], [0.4, 0.6]], epsilon=0))
         [0.9162907 0.       ]
     """
-    return per_sample(Options.pick(locals()), y_true, y_pred, mask=mask, labels=labels)
+    return per_sample(Options.of("kl", options), y_true, y_pred, mask=mask, labels=labels)
 
 
 kld = KLD = kullback_leibler_divergence = kl_divergence
@@ -117,20 +109,9 @@ def js_divergence(
     y_true: Array,
     y_pred: Array,
     *,
-    beta: float = 0.5,
-    y_true_format: str = "probs",
-    y_pred_format: str = "probs",
-    from_logits: bool = False,
-    epsilon: float | None = None,
-    axis: int = -1,
-    dtype: Any = None,
-    temperature: float = 1.0,
-    scale_by_temperature_squared: bool = False,
     mask: Array | None = None,
     labels: Array | None = None,
-    ignore_index: int = -100,
-    validate: bool = False,
-    backend: str = "auto",
+    **options: Unpack[OptionArguments],
 ) -> Array:
     r"""Per-sample generalized Jensen–Shannon divergence along ``axis``.
 
@@ -148,14 +129,14 @@ def js_divergence(
         >>> print(kldiv.js_divergence([[1.0, 0.0]], [[0.0, 1.0]], epsilon=0))
         [0.6931472]
     """
-    return per_sample(Options.pick(locals()), y_true, y_pred, mask=mask, labels=labels)
+    return per_sample(Options.of("js", options), y_true, y_pred, mask=mask, labels=labels)
 
 
 class _DivergenceLoss:
     """A Keras-style loss object: options at construction, ``__call__`` weights and reduces."""
 
     _NOT_OPTIONS: ClassVar[tuple[str, ...]]
-    """The :class:`Options` fields this loss does not take (the other divergence's parameter)."""
+    """The :class:`Options` field this loss does not take (the other divergence's parameter)."""
 
     def __init__(self, reduction: str | None, name: str, options: Options) -> None:
         self.reduction = _validate.reduction(reduction)
@@ -274,21 +255,9 @@ class KLDivergence(_DivergenceLoss):
         self,
         reduction: str | None = "auto",
         name: str = "kl_divergence",
-        *,
-        y_true_format: str = "probs",
-        y_pred_format: str = "probs",
-        from_logits: bool = False,
-        epsilon: float | None = None,
-        axis: int = -1,
-        dtype: Any = None,
-        direction: str = "forward",
-        temperature: float = 1.0,
-        scale_by_temperature_squared: bool = False,
-        ignore_index: int = -100,
-        validate: bool = False,
-        backend: str = "auto",
+        **options: Unpack[OptionArguments],
     ) -> None:
-        super().__init__(reduction, name, Options.pick(locals()))
+        super().__init__(reduction, name, Options.of("kl", options))
 
 
 class JSDivergence(_DivergenceLoss):
@@ -308,18 +277,6 @@ class JSDivergence(_DivergenceLoss):
         self,
         reduction: str | None = "auto",
         name: str = "js_divergence",
-        *,
-        beta: float = 0.5,
-        y_true_format: str = "probs",
-        y_pred_format: str = "probs",
-        from_logits: bool = False,
-        epsilon: float | None = None,
-        axis: int = -1,
-        dtype: Any = None,
-        temperature: float = 1.0,
-        scale_by_temperature_squared: bool = False,
-        ignore_index: int = -100,
-        validate: bool = False,
-        backend: str = "auto",
+        **options: Unpack[OptionArguments],
     ) -> None:
-        super().__init__(reduction, name, Options.pick(locals()))
+        super().__init__(reduction, name, Options.of("js", options))

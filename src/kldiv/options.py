@@ -1,9 +1,10 @@
 """The options of every kldiv loss: one frozen dataclass, validated at construction.
 
 Every entry point — :class:`kldiv.KLDivergence` and its functional form, the Keras, tf_keras, PyTorch
-and JAX adapters, the chunked and fused-linear losses, the vocabulary-parallel losses — builds one
-:class:`Options` with :meth:`Options.create` and hands that object down; nothing forwards options by
-hand, and a loss's config is :meth:`Options.config` (the fields themselves).
+and JAX adapters, the chunked and fused-linear losses, the vocabulary-parallel losses — takes the
+options as ``**options`` typed :class:`OptionArguments`, builds one :class:`Options` with
+:meth:`Options.of` and hands that object down; nothing forwards options by hand, and a loss's config
+is :meth:`Options.config` (the fields themselves).
 
 One rule for ``epsilon`` everywhere: ``None`` (the default) means Keras' clip ``1e-7`` when both
 inputs are probabilities — the ``tf.keras.losses.KLDivergence`` contract — and exact mode (``0``)
@@ -16,9 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
-from . import _validate
+from . import _validate, errors
 
 KERAS_EPSILON = 1e-7
 """Keras' ``backend.epsilon()``: the clip of Keras mode."""
@@ -102,10 +103,28 @@ class Options:
         )
 
     @classmethod
-    def pick(cls, arguments: Mapping[str, Any]) -> Options:
-        """:meth:`create` from the option names among ``arguments`` (a signature's ``locals()``):
-        public signatures stay explicit for IDEs and docs, and nothing re-lists the options."""
-        return cls.create(**{key: arguments[key] for key in CREATE_NAMES if key in arguments})
+    def of(
+        cls, divergence: str, arguments: Mapping[str, Any], *, fixed: Mapping[str, Any] | None = None
+    ) -> Options:
+        """:meth:`create` for a loss of one ``divergence``: ``"kl"`` takes no ``beta``; ``"js"`` takes
+        no ``direction`` and defaults ``beta`` to 0.5. ``fixed`` options are the loss's own (e.g. the
+        logits formats of the fused losses) and may not be given.
+
+        Raises:
+            TypeError: an option this loss does not take.
+        """
+        refused = {
+            "kl": {"beta": "no `beta` for a KL divergence (it selects the Jensen–Shannon divergence)"},
+            "js": {"direction": "no `direction` for the Jensen–Shannon divergence (use a KL loss for it)"},
+        }[divergence]
+        refused.update(
+            {name: f"no `{name}`: this loss fixes it to {value!r}" for name, value in (fixed or {}).items()}
+        )
+        for name, expected in refused.items():
+            if name in arguments:
+                raise TypeError(errors.message(name, expected, arguments[name]))
+        extra = {"beta": 0.5} if divergence == "js" else {}
+        return cls.create(**{**extra, **arguments, **(fixed or {})})
 
     def config(self, exclude: Iterable[str] = ()) -> dict[str, Any]:
         """The options as a dict of their fields (a loss's ``get_config``), without ``exclude``."""
@@ -128,5 +147,22 @@ class Options:
 
 
 FIELDS = dataclasses.fields(Options)
-CREATE_NAMES = (*(field.name for field in FIELDS), "from_logits")
-"""The keyword options :meth:`Options.create` takes."""
+
+
+class OptionArguments(TypedDict, total=False):
+    """The keyword options of every kldiv loss, for ``**options: Unpack[OptionArguments]`` signatures
+    (IDEs list them); meanings and defaults: :class:`Options` and :meth:`Options.create`."""
+
+    y_true_format: str
+    y_pred_format: str
+    from_logits: bool
+    epsilon: float | None
+    axis: int
+    dtype: Any
+    direction: str
+    beta: float | None
+    temperature: float
+    scale_by_temperature_squared: bool
+    ignore_index: int
+    validate: bool
+    backend: str

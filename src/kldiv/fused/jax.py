@@ -27,6 +27,7 @@ from ..options import Options
 
 __all__ = ["fused_linear_js_divergence", "fused_linear_kl_divergence"]
 
+_LOGITS = {"y_true_format": "logits", "y_pred_format": "logits", "from_logits": True}
 REDUCTIONS = ("auto", "token_mean", "mean", "sum_over_batch_size", "sum", "batchmean")
 
 
@@ -148,14 +149,6 @@ def _fused(
     return total.astype(options.dtype or hidden.dtype)  # the input dtype, or the `dtype` option
 
 
-def _options(js: bool, options: dict[str, Any]) -> Options:
-    """kldiv's one option set (same names, defaults and checks as :class:`kldiv.KLDivergence`);
-    both inputs are logits."""
-    if js:
-        options.setdefault("beta", 0.5)
-    return Options.create(**options, y_true_format="logits", y_pred_format="logits")
-
-
 def fused_linear_kl_divergence(
     student_hidden: jax.Array,
     student_weight: jax.Array,
@@ -200,7 +193,7 @@ def fused_linear_kl_divergence(
         num_items=num_items,
         chunk_size=chunk_size,
         memory_budget=memory_budget,
-        options=_options(False, dict(options)),
+        options=Options.of("kl", options, fixed=_LOGITS),
     )
 
 
@@ -230,5 +223,5 @@ def fused_linear_js_divergence(
         teacher_topk_format=kwargs.pop("teacher_topk_format", "log_probs"),
         reduction=kwargs.pop("reduction", "auto"),
         memory_budget=kwargs.pop("memory_budget", chunking.DEFAULT_MEMORY_BUDGET),
-        options=_options(True, kwargs),
+        options=Options.of("js", kwargs, fixed=_LOGITS),
     )

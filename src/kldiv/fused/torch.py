@@ -31,14 +31,17 @@ the same k entries, the convention of top-k distillation in the literature).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..core import chunking
-from ..options import Options
+from ..options import OptionArguments, Options
 from . import _torch_chunks
 from ._torch_chunks import Inputs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "FusedLinearJSDivergence",
@@ -50,28 +53,28 @@ __all__ = [
 REDUCTIONS = ("auto", "token_mean", "mean", "sum_over_batch_size", "sum", "batchmean", "none")
 TOPK_FORMATS = ("log_probs", "logits")
 _CHUNKING = ("chunk_size", "memory_budget", "teacher_topk_format")
-_FIXED = ("y_true_format", "y_pred_format", "axis", "validate")
-"""Options fields these losses do not take: both inputs are logits, the vocabulary is last."""
+_FIXED = {
+    "y_true_format": "logits",
+    "y_pred_format": "logits",
+    "from_logits": True,
+    "axis": -1,
+    "validate": False,
+}
+"""Options these losses fix: both inputs are logits, the vocabulary is last."""
 
 
 class _Divergence(torch.nn.Module):
+    _DIVERGENCE = "kl"
     _NOT_OPTIONS: tuple[str, ...] = ("beta",)
 
     def __init__(
         self,
         reduction: str = "auto",
         *,
-        epsilon: float | None = None,
-        dtype: Any = None,
-        direction: str = "forward",
-        beta: float | None = None,
-        temperature: float = 1.0,
-        scale_by_temperature_squared: bool = False,
-        ignore_index: int = -100,
-        backend: str = "auto",
         chunk_size: int | None = None,
         memory_budget: int = chunking.DEFAULT_MEMORY_BUDGET,
         teacher_topk_format: str = "log_probs",
+        **options: Unpack[OptionArguments],
     ) -> None:
         super().__init__()
         if reduction not in REDUCTIONS:
@@ -85,16 +88,7 @@ class _Divergence(torch.nn.Module):
             raise ValueError(
                 f"Argument `chunk_size`: expected a positive integer or None; received {chunk_size!r}."
             )
-        given = {"beta": beta, "direction": None if direction == "forward" else direction}
-        for name in self._NOT_OPTIONS:
-            if given[name] is not None:
-                raise TypeError(
-                    f"Argument `{name}`: expected no `{name}` for {type(self).__name__}; "
-                    f"received {given[name]!r}."
-                )
-        if "beta" not in self._NOT_OPTIONS and beta is None:
-            beta = 0.5
-        self.options = Options.pick({**locals(), "y_true_format": "logits", "y_pred_format": "logits"})
+        self.options = Options.of(self._DIVERGENCE, options, fixed=_FIXED)
         self.reduction = reduction
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
@@ -226,6 +220,7 @@ class FusedLinearJSDivergence(FusedLinearKLDivergence):
     """:class:`FusedLinearKLDivergence` for the generalized Jensen–Shannon divergence ``JS_β``
     (``beta`` as :func:`kldiv.js_divergence`, default 0.5)."""
 
+    _DIVERGENCE = "js"
     _NOT_OPTIONS = ("direction",)
 
 
