@@ -323,7 +323,12 @@ class _VocabParallelLoss(torch.nn.Module):
         return cls(**config, group=group)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
+        """The arguments that differ from a default-constructed module's (``group`` when one is given)."""
+        defaults = type(self)().get_config()
+        shown = [f"{key}={value!r}" for key, value in self.get_config().items() if defaults.get(key) != value]
+        if self.group is not None:
+            shown.append(f"group={self.group!r}")
+        return ", ".join(shown)
 
 
 class VocabParallelKLDivergence(_VocabParallelLoss):

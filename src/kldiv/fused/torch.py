@@ -33,6 +33,7 @@ the same k entries, the convention of top-k distillation in the literature).
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -411,6 +412,9 @@ def _temporaries(kernel: str | None, inputs: _Inputs, dtype: torch.dtype) -> int
     return max(1, count)
 
 
+_UNSET = object()  # a constructor argument that a module does not store (``beta`` of the KL class)
+
+
 class _Divergence(torch.nn.Module):
     _JS = False
 
@@ -455,6 +459,20 @@ class _Divergence(torch.nn.Module):
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
         self.teacher_topk_format = teacher_topk_format
+
+    def extra_repr(self) -> str:
+        """The constructor arguments that differ from a default-constructed module's, in signature order."""
+        default = type(self)()
+
+        def setting(module: _Divergence, name: str) -> Any:
+            return module.options[name] if name in module.options else getattr(module, name, _UNSET)
+
+        shown = []
+        for name in list(inspect.signature(type(self).__init__).parameters)[1:]:
+            value = setting(self, name)
+            if value is not _UNSET and value != setting(default, name):
+                shown.append(f"{name}={value!r}")
+        return ", ".join(shown)
 
     def _loss(
         self,
