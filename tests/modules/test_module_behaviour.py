@@ -129,6 +129,19 @@ def test_model_conversion(case: Case, conversion: str) -> None:
         _assert_near_reference(case, model.loss, dtype)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.family != VOCAB_PARALLEL], ids=lambda c: c.id)
+def test_model_on_meta_computes_shapes_on_meta_tensors(case: Case) -> None:
+    """After ``model.to("meta")`` the loss runs on meta tensors (shape inference without data): a 0-d
+    meta value and a meta gradient of the student's shape. (The vocabulary-parallel classes need real
+    data for their collectives.)"""
+    model = Holder(case.make()).to("meta")
+    tensors = make_inputs(case, device="meta")
+    value, grad = compute(model.loss, case, tensors)
+    student = tensors["hidden" if case.family == FUSED else "y_pred"]
+    assert value.device.type == "meta" and value.shape == () and value.dtype == torch.float32
+    assert grad.device.type == "meta" and grad.shape == student.shape
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_model_cuda(case: Case) -> None:

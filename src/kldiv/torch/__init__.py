@@ -59,7 +59,16 @@ Tensor = Any
 def _call_state(y_pred: Tensor) -> tuple[bool, bool]:
     """(Dynamo is tracing, autocast is enabled for ``y_pred``'s device)."""
     device_type = y_pred.device.type if isinstance(y_pred, torch.Tensor) else "cpu"
-    return torch.compiler.is_compiling(), torch.is_autocast_enabled(device_type)
+    return torch.compiler.is_compiling(), _autocast_enabled(device_type)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, False for a device without autocast (``"meta"``,
+    where the former raises)."""
+    available = getattr(torch.amp, "is_autocast_available", None)
+    if available is not None and not available(device_type):
+        return False
+    return torch.is_autocast_enabled(device_type)
 
 
 def _overrides(options: dict[str, Any], compiling: bool, autocast: bool) -> dict[str, Any]:
