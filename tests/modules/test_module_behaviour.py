@@ -16,6 +16,7 @@ import torch
 import kldiv.distributed.torch
 import kldiv.fused.torch
 import kldiv.torch
+from kldiv.distributed.torch import VocabParallelJSDivergence, VocabParallelKLDivergence
 
 from .cases import (
     CASES,
@@ -174,6 +175,27 @@ def test_copy(case: Case, how: str) -> None:
     assert torch.equal(copied.linear.weight, model.linear.weight)
     _assert_same(compute(copied.loss, case, make_inputs(case)), expected)
     _assert_same(compute(COPIES[how](model.loss), case, make_inputs(case)), expected)  # the loss alone
+
+
+@pytest.mark.parametrize("cls", [VocabParallelKLDivergence, VocabParallelJSDivergence])
+def test_vocab_parallel_loss_with_an_explicit_group(cls: type) -> None:
+    """``copy.deepcopy`` shares the process group (a handle, not data); pickling says what to do instead;
+    ``from_config(get_config(), group)`` rebuilds an equal loss on the group."""
+    group = torch.distributed.new_group([0])
+    case = Case("explicit-group", cls, dict(temperature=2.0))
+    model = Holder(cls(temperature=2.0, group=group))
+    assert repr(model.loss) == f"{cls.__name__}(temperature=2.0, group={group!r})"
+    expected = compute(model.loss, case, make_inputs(case))
+    copied = copy.deepcopy(model)
+    assert copied.loss is not model.loss and copied.loss.group is group
+    _assert_same(compute(copied.loss, case, make_inputs(case)), expected)
+    with pytest.raises(TypeError, match=f"{cls.__name__} with an explicit process group cannot be pickled"):
+        pickle.dumps(model)
+    with pytest.raises(TypeError, match="explicit process group"):
+        torch.save(model, io.BytesIO())
+    rebuilt = cls.from_config(model.loss.get_config(), group)
+    assert rebuilt.group is group and repr(rebuilt) == repr(model.loss)
+    _assert_same(compute(rebuilt, case, make_inputs(case)), expected)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
