@@ -166,3 +166,16 @@ class OptionArguments(TypedDict, total=False):
     ignore_index: int
     validate: bool
     backend: str
+
+
+def changed(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
+    """``"key=value, ..."`` for the entries of ``config`` that differ from ``defaults`` (a default
+    object's config): what a module's ``repr`` shows. ``epsilon`` is compared with the default of
+    ``config``'s own formats (the rule of the module docstring), so that an unset ``epsilon`` is
+    never shown."""
+    if "y_true_format" in config:  # a loss whose formats are options (fixed ones fix epsilon's default)
+        formats = (config["y_true_format"], config["y_pred_format"])
+        defaults = {**defaults, "epsilon": KERAS_EPSILON if formats == ("probs", "probs") else 0.0}
+    return ", ".join(
+        f"{key}={value!r}" for key, value in config.items() if defaults.get(key, object()) != value
+    )

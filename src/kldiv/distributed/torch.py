@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from kldiv import losses as _losses
+from kldiv.options import changed
 
 from . import _loss, _vocab
 
@@ -175,6 +176,29 @@ def _describe(descriptor: Sequence[int]) -> str:
     return f"rows {shape} x vocabulary shard {descriptor[_VOCAB]}"
 
 
+class _SharedGroup:
+    """An explicit process group held by a loss: ``copy.deepcopy`` of the loss (or of a model holding it)
+    shares it, as a communicator handle cannot be copied; pickling it is refused with what to do instead,
+    as a process group belongs to the process that created it (``group=None``, the default group,
+    pickles)."""
+
+    def __init__(self, group: Any, owner: str) -> None:
+        self.group, self.owner = group, owner
+
+    def __copy__(self) -> _SharedGroup:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> _SharedGroup:
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"{self.owner} with an explicit process group cannot be pickled: a process group belongs to "
+            "the process that created it. Pickle it with `group=None` (the default group of the receiving "
+            f"process), or save `get_config()` and rebuild it with `{self.owner}.from_config(config, group)`."
+        )
+
+
 class _VocabParallelLoss(torch.nn.Module):
     """A vocabulary-parallel ``nn.Module`` loss over a framework-agnostic kldiv loss's options."""
 
@@ -190,7 +214,7 @@ class _VocabParallelLoss(torch.nn.Module):
         options = {"y_true_format": "logits", "y_pred_format": "logits", **options, "backend": "core"}
         self.loss = self._agnostic(reduction=reduction, name=name or self._default_name, **options)
         _vocab.check_formats(self.loss.options.y_true_format, self.loss.options.y_pred_format)
-        self.group = group
+        self._group = None if group is None else _SharedGroup(group, type(self).__name__)
         self._spec = _vocab.Spec.from_options(self.loss.options)
         self._options_code = _options_code(self.loss)
 
@@ -202,6 +226,11 @@ class _VocabParallelLoss(torch.nn.Module):
     @property
     def reduction(self) -> str | None:
         return self.loss.reduction
+
+    @property
+    def group(self) -> Any:
+        """The process group sharing the vocabulary (None: the default group)."""
+        return None if self._group is None else self._group.group
 
     def forward(
         self,
@@ -323,7 +352,9 @@ class _VocabParallelLoss(torch.nn.Module):
         return cls(**config, group=group)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
+        """The arguments that differ from a default-constructed module's (``group`` when one is given)."""
+        shown = changed(self.get_config(), type(self)().get_config())
+        return shown if self.group is None else ", ".join(filter(None, (shown, f"group={self.group!r}")))
 
 
 class VocabParallelKLDivergence(_VocabParallelLoss):

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core import chunking
-from ..options import OptionArguments, Options
+from ..options import OptionArguments, Options, changed
 from . import _torch_chunks
 from ._torch_chunks import Inputs
 
@@ -61,6 +61,8 @@ _FIXED = {
     "validate": False,
 }
 """Options these losses fix: both inputs are logits, the vocabulary is last."""
+
+
 
 
 class _Divergence(torch.nn.Module):
@@ -100,10 +102,7 @@ class _Divergence(torch.nn.Module):
         return {"reduction": self.reduction, **self.options.config((*_FIXED, *self._NOT_OPTIONS)), **chunks}
 
     def extra_repr(self) -> str:
-        defaults = type(self)().get_config()
-        return ", ".join(
-            f"{key}={value!r}" for key, value in self.get_config().items() if defaults[key] != value
-        )
+        return changed(self.get_config(), type(self)().get_config())
 
     def _loss(
         self, inputs: Inputs, labels: Any, mask: Any, sample_weight: Any, num_items: Any, batch_size: int

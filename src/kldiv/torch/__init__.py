@@ -42,6 +42,7 @@ from kldiv.fused.torch import (
     chunked_js_divergence,
     chunked_kl_divergence,
 )
+from kldiv.options import changed
 
 __all__ = [
     "FusedLinearJSDivergence",
@@ -58,8 +59,13 @@ Tensor = Any
 
 
 def _autocast(y_pred: Tensor) -> bool:
-    """Whether autocast is enabled for ``y_pred``'s device."""
-    return torch.is_autocast_enabled(y_pred.device.type if isinstance(y_pred, torch.Tensor) else "cpu")
+    """Whether autocast is enabled for ``y_pred``'s device (False for a device without autocast,
+    such as ``"meta"``, where ``torch.is_autocast_enabled`` raises)."""
+    device_type = y_pred.device.type if isinstance(y_pred, torch.Tensor) else "cpu"
+    available = getattr(torch.amp, "is_autocast_available", None)
+    if available is not None and not available(device_type):
+        return False
+    return torch.is_autocast_enabled(device_type)
 
 
 def _overrides(options: dict[str, Any], autocast: bool) -> dict[str, Any]:
@@ -125,9 +131,7 @@ class _TorchDivergence(torch.nn.Module):
         return cls(**config)
 
     def extra_repr(self) -> str:
-        defaults = self._agnostic().get_config()
-        changed = {k: v for k, v in self.get_config().items() if defaults.get(k, object()) != v}
-        return ", ".join(f"{key}={value!r}" for key, value in changed.items())
+        return changed(self.get_config(), self._agnostic().get_config())
 
 
 class KLDivergence(_TorchDivergence):
