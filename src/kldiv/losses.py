@@ -7,6 +7,7 @@ scalars are converted as Keras converts them (Python floats become float32).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import _distribute, _evaluate, _validate
@@ -280,3 +281,39 @@ class JSDivergence(_DivergenceLoss):
         **options: Unpack[OptionArguments],
     ) -> None:
         super().__init__(reduction, name, Options.of("js", options))
+
+
+def functional(
+    loss_type: type[_DivergenceLoss],
+    name: str,
+    doc: str,
+    overrides: Callable[[dict[str, Any], Array], dict[str, Any]] | None = None,
+) -> Callable[..., Array]:
+    """The functional form of ``loss_type`` that the framework adapters export as ``name``:
+    ``name(y_true, y_pred, sample_weight=None, *, reduction="none", mask=None, labels=None,
+    num_items=None, **options)`` is ``loss_type(reduction, **options)(...)`` — per sample by default.
+    ``overrides(options, y_pred)`` adds the adapter's per-call options (PyTorch's autocast rule)."""
+
+    def divergence(
+        y_true: Array,
+        y_pred: Array,
+        sample_weight: Array | None = None,
+        *,
+        reduction: str | None = "none",
+        mask: Array | None = None,
+        labels: Array | None = None,
+        num_items: Any = None,
+        **options: Unpack[OptionArguments],
+    ) -> Array:
+        if overrides is not None:
+            options = {**options, **overrides(options, y_pred)}
+        loss = loss_type(reduction=reduction, **options)
+        # Through the class: Dynamo before PyTorch 2.13 hashes a called object that it is still
+        # constructing symbolically (and its __hash__ reads unset attributes).
+        return type(loss).__call__(
+            loss, y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items
+        )
+
+    divergence.__name__ = divergence.__qualname__ = name
+    divergence.__doc__ = doc
+    return divergence

@@ -45,17 +45,9 @@ _DIVERGENCES: dict[str, type[_losses._DivergenceLoss]] = {
 }
 
 
-def kl_divergence(
-    y_true: Array,
-    y_pred: Array,
-    sample_weight: Array | None = None,
-    *,
-    reduction: str | None = "none",
-    mask: Array | None = None,
-    labels: Array | None = None,
-    num_items: Any = None,
-    **options: Any,
-) -> Array:
+kl_divergence = _losses.functional(
+    _losses.KLDivergence,
+    "kl_divergence",
     """KL(y_true ‖ y_pred): per sample with the default ``reduction="none"`` and no weight (then it is
     :func:`kldiv.kl_divergence`), else weighted and reduced as :class:`kldiv.KLDivergence`.
 
@@ -66,26 +58,17 @@ def kl_divergence(
         [0.9162892]
         >>> print(jax.grad(lambda q: kldiv.jax.kl_divergence(t, q, reduction="sum"))(p))
         [[-1.6666667e-07 -2.4999998e+00]]
-    """
-    loss = _losses.KLDivergence(reduction=reduction, **options)
-    return loss(y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items)
+    """,
+)
+kl_divergence.__module__ = __name__
 
-
-def js_divergence(
-    y_true: Array,
-    y_pred: Array,
-    sample_weight: Array | None = None,
-    *,
-    reduction: str | None = "none",
-    mask: Array | None = None,
-    labels: Array | None = None,
-    num_items: Any = None,
-    **options: Any,
-) -> Array:
+js_divergence = _losses.functional(
+    _losses.JSDivergence,
+    "js_divergence",
     """Generalized Jensen–Shannon divergence ``JS_β(y_true, y_pred)`` (options as
-    :class:`kldiv.JSDivergence`); per sample by default, like :func:`kl_divergence`."""
-    loss = _losses.JSDivergence(reduction=reduction, **options)
-    return loss(y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items)
+    :class:`kldiv.JSDivergence`); per sample by default, like :func:`kl_divergence`.""",
+)
+js_divergence.__module__ = __name__
 
 
 def make_loss(

@@ -73,12 +73,6 @@ def _overrides(options: dict[str, Any], autocast: bool) -> dict[str, Any]:
     return {"dtype": "float32"} if autocast and options.get("dtype") is None else {}
 
 
-def _call(loss: _losses._DivergenceLoss, *args: Any, **kwargs: Any) -> Tensor:
-    """``loss(*args, **kwargs)`` through the class: Dynamo before PyTorch 2.13 hashes a called object
-    that it is still constructing symbolically (and its ``__hash__`` reads unset attributes)."""
-    return type(loss).__call__(loss, *args, **kwargs)
-
-
 class _TorchDivergence(torch.nn.Module):
     """An ``nn.Module`` whose ``forward`` is a framework-agnostic kldiv loss object's ``__call__``."""
 
@@ -162,38 +156,19 @@ class JSDivergence(_TorchDivergence):
     _default_name = "js_divergence"
 
 
-def kl_divergence(
-    y_true: Tensor,
-    y_pred: Tensor,
-    sample_weight: Tensor | None = None,
-    *,
-    reduction: str | None = "none",
-    mask: Tensor | None = None,
-    labels: Tensor | None = None,
-    num_items: Any = None,
-    **options: Any,
-) -> Tensor:
+kl_divergence = _losses.functional(
+    _losses.KLDivergence,
+    "kl_divergence",
     """Functional :class:`KLDivergence`; with the default ``reduction="none"`` and no weight it is
-    the per-sample loss of :func:`kldiv.kl_divergence` (same options)."""
-    loss = _losses.KLDivergence(
-        reduction=reduction, **{**options, **_overrides(options, _autocast(y_pred))}
-    )
-    return _call(loss, y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items)
+    the per-sample loss of :func:`kldiv.kl_divergence` (same options).""",
+    lambda options, y_pred: _overrides(options, _autocast(y_pred)),
+)
+kl_divergence.__module__ = __name__
 
-
-def js_divergence(
-    y_true: Tensor,
-    y_pred: Tensor,
-    sample_weight: Tensor | None = None,
-    *,
-    reduction: str | None = "none",
-    mask: Tensor | None = None,
-    labels: Tensor | None = None,
-    num_items: Any = None,
-    **options: Any,
-) -> Tensor:
-    """Functional :class:`JSDivergence` (per-sample by default, like :func:`kldiv.js_divergence`)."""
-    loss = _losses.JSDivergence(
-        reduction=reduction, **{**options, **_overrides(options, _autocast(y_pred))}
-    )
-    return _call(loss, y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items)
+js_divergence = _losses.functional(
+    _losses.JSDivergence,
+    "js_divergence",
+    """Functional :class:`JSDivergence` (per-sample by default, like :func:`kldiv.js_divergence`).""",
+    lambda options, y_pred: _overrides(options, _autocast(y_pred)),
+)
+js_divergence.__module__ = __name__
