@@ -121,7 +121,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     """Fail now, not after the run, on an output path that cannot be written or (``--plot``) a
     matplotlib that cannot be imported."""
     if getattr(args, "plot", None) is not None:
-        check_importable("matplotlib", "--plot", INSTALL_BENCH)
+        check_importable("matplotlib", "Argument `--plot`", INSTALL_BENCH)
     for option in ("json", "plot", "markdown"):
         check_output(f"--{option}", getattr(args, option, None))
 
