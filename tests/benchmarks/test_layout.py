@@ -16,7 +16,9 @@ import pytest
 
 import kldiv
 
-SRC = Path(__file__).resolve().parents[2] / "src" / "kldiv"
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src" / "kldiv"
+SCRIPTS = ROOT / "benchmarks"
 PUBLIC = {"kldiv", "kldiv.torch", "kldiv.jax", "kldiv.keras", "kldiv.tf_keras", "kldiv.fused.torch"}
 ALL = set(kldiv.__all__)  # what ``from kldiv import ...`` may take
 MAX_LINES = 400
@@ -59,6 +61,14 @@ def non_public(names: set[str]) -> list[str]:
 @pytest.mark.parametrize("path", _modules("bench"), ids=lambda p: str(p.relative_to(SRC)))
 def test_bench_uses_the_public_api_only(path: Path) -> None:
     assert non_public(kldiv_imports(path)) == [], path.name
+
+
+@pytest.mark.parametrize("path", sorted(SCRIPTS.glob("*.py")), ids=lambda p: p.name)
+def test_scripts_use_the_public_api_or_the_harness(path: Path) -> None:
+    """``benchmarks/*.py`` run ``kldiv bench`` (``kldiv.cli.main``) or call ``kldiv.bench`` and the
+    public API: no private module, so that changes inside the library cannot break them."""
+    names = kldiv_imports(path, root=SCRIPTS) - {"kldiv.cli.main.main"}
+    assert non_public(names) == [], path.name
 
 
 def test_the_public_api_check_can_fail(tmp_path: Path) -> None:
