@@ -1,11 +1,12 @@
-"""Where the fused Numba kernel starts to beat kldiv's core: the measurement behind
-``kldiv.kernels.dispatch.AUTO_THRESHOLD``.
+"""Where the fused Numba kernel starts to beat kldiv's core: the measurement behind the element
+counts from which ``backend="auto"`` picks the kernel (README, "Fast: fused kernels").
 
 For inputs of ``rows × vocab`` fp32 softmax rows with 2⁸ … 2²⁰ elements (vocab 100 and 1000), times
 ``KLDivergence(backend="core")`` and ``backend="numba"`` on NumPy arrays (forward) and on CPU torch
 tensors (forward, and forward + ``backward()``), interleaved, median of ``--repeats`` calls after
-warm-ups; prints the ratio core / numba (> 1: the kernel is faster) and, per case, the smallest
-size from which the kernel is faster at every larger size measured.
+two warm-ups (:func:`kldiv.bench.timing.median_ms`); prints the ratio core / numba (> 1: the kernel
+is faster) and, per case, the smallest size from which the kernel is faster at every larger size
+measured.
 
     python benchmarks/auto_threshold.py --repeats 15
 """
@@ -13,71 +14,56 @@ size from which the kernel is faster at every larger size measured.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
+from kldiv.bench.kl.inputs import softmax_rows
+from kldiv.bench.timing import median_ms
 
-
-def _softmax_rows(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    z = 2.0 * rng.standard_normal(shape)
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+CASES = ("numpy", "torch", "torch_backward")
+BACKENDS = ("core", "numba")
 
 
-def _median_ms(call, repeats: int) -> float:
-    call()
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-def _time_backend(loss, t: np.ndarray, p: np.ndarray, repeats: int) -> dict[str, float]:
+def _calls(rows: int, vocab: int, seed: int) -> dict[str, Callable[[], Any]]:
+    """``"<case>_<backend>" → call`` for one size."""
     import torch
 
-    tt = torch.from_numpy(t)
-
-    def backward() -> None:
-        loss(tt, torch.from_numpy(p).requires_grad_()).backward()
-
-    return {
-        "numpy": _median_ms(lambda: loss(t, p), repeats),
-        "torch": _median_ms(lambda: loss(tt, torch.from_numpy(p)), repeats),
-        "torch_backward": _median_ms(backward, repeats),
-    }
-
-
-def measure(repeats: int) -> list[dict]:
     import kldiv
 
-    losses = {name: kldiv.KLDivergence(backend=name) for name in ("core", "numba")}
-    rng = np.random.default_rng(0)
-    rows_out = []
+    t, p = softmax_rows(rows, vocab, seed), softmax_rows(rows, vocab, seed + 1)
+    tt, tp = torch.from_numpy(t), torch.from_numpy(p)
+    calls = {}
+    for backend in BACKENDS:
+        loss = kldiv.KLDivergence(backend=backend)
+
+        def backward(loss: Any = loss) -> None:
+            loss(tt, torch.from_numpy(p).requires_grad_()).backward()
+
+        calls[f"numpy_{backend}"] = lambda loss=loss: loss(t, p)
+        calls[f"torch_{backend}"] = lambda loss=loss: loss(tt, tp)
+        calls[f"torch_backward_{backend}"] = backward
+    return calls
+
+
+def measure(repeats: int) -> list[dict[str, Any]]:
+    """One record per size: rows, vocab, elements and the median ms of every case and backend."""
+    records = []
     for vocab in (100, 1000):
         for log2 in range(max(8, vocab.bit_length()), 21):
             rows = (1 << log2) // vocab
-            t, p = _softmax_rows(rng, (rows, vocab)), _softmax_rows(rng, (rows, vocab))
-            result = {"rows": rows, "vocab": vocab, "elements": rows * vocab}
-            for backend, loss in losses.items():
-                for case, ms in _time_backend(loss, t, p, repeats).items():
-                    result[f"{case}_{backend}"] = ms
-            rows_out.append(result)
-    return rows_out
+            record: dict[str, Any] = {"rows": rows, "vocab": vocab, "elements": rows * vocab}
+            record |= median_ms(_calls(rows, vocab, seed=log2), repeats, warmup=2)
+            records.append(record)
+    return records
 
 
-def crossover(results: list[dict], case: str, vocab: int) -> int | None:
+def crossover(results: list[dict[str, Any]], case: str, vocab: int) -> int | None:
     """Smallest element count from which numba is faster than core at every larger size measured."""
-    sizes = [r for r in results if r["vocab"] == vocab]
     best = None
-    for r in reversed(sizes):
-        if r[f"{case}_numba"] < r[f"{case}_core"]:
-            best = r["elements"]
-        else:
+    for r in reversed([r for r in results if r["vocab"] == vocab]):
+        if r[f"{case}_numba"] >= r[f"{case}_core"]:
             break
+        best = r["elements"]
     return best
 
 
@@ -85,22 +71,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
-    from kldiv.kernels.dispatch import AUTO_THRESHOLD
-
     results = measure(args.repeats)
-    cases = ("numpy", "torch", "torch_backward")
-    header = f"{'rows×vocab':>12} {'elements':>9} " + " ".join(f"{c + ' core/numba':>26}" for c in cases)
-    print(header)
+    print(f"{'rows×vocab':>12} {'elements':>9} " + " ".join(f"{c + ' core/numba':>26}" for c in CASES))
     for r in results:
         ratios = " ".join(
             f"{r[c + '_core']:9.3f}/{r[c + '_numba']:7.3f} ms={r[c + '_core'] / r[c + '_numba']:5.2f}"
-            for c in cases
+            for c in CASES
         )
         print(f"{r['rows']:>6}×{r['vocab']:<5} {r['elements']:>9} {ratios}")
     for vocab in (100, 1000):
-        found = {case: crossover(results, case, vocab) for case in cases}
+        found = {case: crossover(results, case, vocab) for case in CASES}
         print(f"vocab {vocab}: numba faster from (elements): {found}")
-    print(f"AUTO_THRESHOLD = {AUTO_THRESHOLD}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Peak memory and time of kldiv's fused linear + KL/JS divergence against the naive PyTorch path
 (materialise the logits, ``log_softmax``, ``F.kl_div``), and its gradient accuracy against float64.
 
-The measuring code lives in the package (:mod:`kldiv.cli.bench_fused`, also behind
-``kldiv bench fused-linear``): one fresh process per case, peak RSS above a baseline (CPU) or
-``torch.cuda.max_memory_allocated`` (CUDA), median step time, ratios kldiv / naive; cases that would
-not fit in ``MemAvailable`` or would run past ``--timeout`` are skipped with the reason recorded.
+``kldiv bench fused-linear`` (:mod:`kldiv.bench.fused_linear`) with its results kept: one fresh
+process per case, peak RSS above a baseline (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA),
+median step time, ratios kldiv / naive; cases that would not fit in ``MemAvailable`` or would run
+past ``--timeout`` are skipped with the reason recorded.
 
     python benchmarks/fused_linear_memory.py --sizes 1024x1024x32000 --dtypes float32
     python benchmarks/fused_linear_memory.py --grid --repeats 2          # issue #7's grid (hours)
@@ -16,24 +16,12 @@ JSON report and the Markdown tables go to ``benchmarks/results/fused_linear[_acc
 """
 
 import sys
-from pathlib import Path
 
-from kldiv.cli.bench_fused import main
+from harness import run
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def run(argv: list[str], stem: str = "fused_linear") -> int:
-    args = list(argv)
-    if not {"-h", "--help", "--case"} & set(args):
-        if "--accuracy" in args:
-            stem += "_accuracy"
-        RESULTS.mkdir(exist_ok=True)
-        for option, suffix in (("--json", "json"), ("--markdown", "md")):
-            if option not in args:
-                args += [option, str(RESULTS / f"{stem}.{suffix}")]
-    return main(args)
-
+OUTPUTS = {"--json": "json", "--markdown": "md"}
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    argv = sys.argv[1:]
+    stem = "fused_linear_accuracy" if "--accuracy" in argv else "fused_linear"
+    sys.exit(run(["bench", "fused-linear"], stem, argv, OUTPUTS))

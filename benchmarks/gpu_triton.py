@@ -10,9 +10,9 @@ one), with ``reduction="batchmean"``:
   vs ``kldiv.KLDivergence(y_true_format="logits", y_pred_format="logits", epsilon=0)`` (the
   log-softmaxes fused into the kernel).
 
-``kldiv`` is the public loss (``backend="triton"``); bfloat16 inputs are cast to float32 by kldiv's
-dtype rule first. ``kldiv-fn`` calls the autograd Function directly (no casts: the kernel reads
-bfloat16 and accumulates in float32), the cost of the kernel itself. Times are medians of CUDA-event
+``kldiv`` is the public loss (``backend="triton"``), the only kldiv entry point this script uses (the
+``kldiv-fn`` column of earlier runs in ``RESULTS_GPU.md`` called a private kernel function directly;
+it is gone, so that internal changes cannot break the script). Times are medians of CUDA-event
 timings after warm-up; ratios are ``other / kldiv`` (> 1: kldiv is faster), measured in one run.
 Nothing is asserted. Sizes that do not fit in memory are reported as ``OOM``.
 
@@ -37,8 +37,6 @@ import torch
 import torch.nn.functional as F
 
 import kldiv
-from kldiv.kernels import fused
-from kldiv.options import Options
 
 
 def _liger() -> tuple[Any, str]:
@@ -68,23 +66,16 @@ def median_ms(fn: Callable[[], Any], reps: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def _losses(workload: str, rows: int, liger: Any) -> dict[str, Callable[[torch.Tensor, torch.Tensor], Any]]:
+def _losses(workload: str, liger: Any) -> dict[str, Callable[[torch.Tensor, torch.Tensor], Any]]:
     """``name → loss(teacher, student)`` for one workload (batchmean everywhere)."""
     fmt = "log_probs" if workload == "log_probs" else "logits"
     loss = kldiv.KLDivergence(
         reduction="batchmean", y_true_format=fmt, y_pred_format=fmt, epsilon=0.0, backend="triton"
     )
-    options = Options(y_true_format=fmt, y_pred_format=fmt, epsilon=0.0, backend="triton")
-
-    def kldiv_fn(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-        per_row = fused.per_sample_torch(options, teacher, student, None, -1, 1.0 / rows)
-        return per_row.float().sum() / rows
-
     if workload == "log_probs":
         impls = {
             "torch": lambda t, s: F.kl_div(s, t, reduction="batchmean", log_target=True),
             "kldiv": loss,
-            "kldiv-fn": kldiv_fn,
         }
         if liger is not None:
             impls["liger"] = lambda t, s: liger.apply(s, t, "batchmean", True, 1e-10)
@@ -94,7 +85,6 @@ def _losses(workload: str, rows: int, liger: Any) -> dict[str, Callable[[torch.T
             F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="batchmean", log_target=True
         ),
         "kldiv": loss,
-        "kldiv-fn": kldiv_fn,
     }
 
 
@@ -115,7 +105,7 @@ def measure(workload: str, rows: int, vocab: int, dtype: torch.dtype, reps: int,
         teacher, student = _inputs(workload, rows, vocab, dtype)
     except torch.cuda.OutOfMemoryError:
         return [{"workload": workload, "rows": rows, "vocab": vocab, "dtype": str(dtype)[6:], "error": "OOM"}]
-    for name, loss in _losses(workload, rows, liger).items():
+    for name, loss in _losses(workload, liger).items():
         for mode in ("forward", "forward+backward"):
             record = {"workload": workload, "rows": rows, "vocab": vocab, "dtype": str(dtype)[6:]}
             record |= {"impl": name, "mode": mode}
@@ -143,7 +133,7 @@ def measure(workload: str, rows: int, vocab: int, dtype: torch.dtype, reps: int,
 
 def markdown(records: list[dict], header: str) -> str:
     """One table row per (workload, size, dtype, mode): the times and ``other / kldiv`` ratios."""
-    impls = ["torch", "kldiv", "kldiv-fn", "liger"]
+    impls = ["torch", "kldiv", "liger"]
     present = [i for i in impls if any(r.get("impl") == i for r in records)]
     lines = [header, ""]
     columns = ["workload", "BT", "V", "dtype", "mode", *(f"{i} ms" for i in present)]

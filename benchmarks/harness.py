@@ -1,32 +1,34 @@
-"""Shared harness of the benchmark scripts: one op's run of :mod:`kldiv.cli.bench`, results kept here.
+"""Shared by the benchmark scripts: run a ``kldiv`` benchmark command with its outputs kept here.
 
-The measuring code lives in the package (:mod:`kldiv.cli.bench`, also behind ``kldiv bench``); a
-script names its op and passes its command line through. Unless the command line says otherwise,
-the JSON report, the plot and the Markdown tables go to ``benchmarks/results/<op>.{json,png,md}``.
+The measuring code is :mod:`kldiv.bench` (behind ``kldiv bench`` and ``kldiv bench fused-linear``);
+a script names its command, the stem of its result files and the outputs it keeps, and passes its
+command line through. Unless the command line names them, the outputs go to
+``benchmarks/results/<stem>.<suffix>`` (or another directory the script gives).
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kldiv.cli.main import main as kldiv_main
 
 RESULTS = Path(__file__).resolve().parent / "results"
-OUTPUTS = {"--json": "json", "--plot": "png", "--markdown": "md"}
 
 
-def run(op: str, argv: Sequence[str]) -> int:
-    """``kldiv bench`` with ``argv``, writing ``results/<op>.*`` for the outputs ``argv`` leaves out."""
+def run(
+    command: Sequence[str],
+    stem: str,
+    argv: Sequence[str],
+    outputs: Mapping[str, str],
+    directory: Path = RESULTS,
+) -> int:
+    """``kldiv <command> <argv>``, adding ``<option> <directory>/<stem>.<suffix>`` for each output
+    option ``argv`` leaves out (none with ``--help``); returns the exit status."""
     args = list(argv)
-    if "-h" not in args and "--help" not in args:
-        RESULTS.mkdir(exist_ok=True)
-        for option, suffix in OUTPUTS.items():
+    if not {"-h", "--help"} & set(args):
+        directory.mkdir(parents=True, exist_ok=True)
+        for option, suffix in outputs.items():
             if option not in args:
-                args += [option, str(RESULTS / f"{op}.{suffix}")]
-    return kldiv_main(["bench", *args])
-
-
-def main(op: str) -> None:
-    sys.exit(run(op, sys.argv[1:]))
+                args += [option, str(directory / f"{stem}.{suffix}")]
+    return kldiv_main([*command, *args])

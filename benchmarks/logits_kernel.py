@@ -1,10 +1,13 @@
-"""The general Numba kernel (logits, log-probabilities, reverse KL) against JAX ``jit``, in one process.
+"""kldiv's fused Numba kernel on distillation's formats (logits, log-probabilities, reverse KL)
+against JAX ``jit``, in one process.
 
 ``kldiv bench`` times Keras' own case (probabilities, forward KL). This script times the formats that
 distillation uses, where the student and teacher come as logits or log-probabilities: for each case,
-kldiv's kernel (``kldiv.kernels.numba_cpu.fused_rows``, value only and value + gradient) and the same
-divergence as a ``jax.jit`` program (``log_softmax`` of both inputs, then the KL; ``jax.value_and_grad``
-for the gradient), interleaved, median of ``--repeats`` calls after a warm-up, and prints JAX / kldiv.
+``kldiv.KLDivergence(y_true_format=fmt, y_pred_format=fmt, direction=..., backend="numba")`` on NumPy
+arrays (the value) and on CPU torch tensors with ``backward()`` (value + gradient), and the same
+divergence as a ``jax.jit`` program (``log_softmax`` of both inputs, then the KL;
+``jax.value_and_grad`` for the gradient), interleaved, median of ``--repeats`` calls after a warm-up
+(:func:`kldiv.bench.timing.median_ms`), and prints JAX / kldiv.
 
     python benchmarks/logits_kernel.py --rows 4096 --vocab 32000 --repeats 7 [--blocks]
 """
@@ -12,10 +15,12 @@ for the gradient), interleaved, median of ``--repeats`` calls after a warm-up, a
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+
+from kldiv.bench.timing import median_ms
 
 CASES = (
     ("logits", "forward"),
@@ -24,11 +29,11 @@ CASES = (
 )
 
 
-def _jax_programs(fmt: str, direction: str):
+def _jax_programs(fmt: str, direction: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
     import jax
     import jax.numpy as jnp
 
-    def divergence(t, p):
+    def divergence(t: Any, p: Any) -> Any:
         a = jax.nn.log_softmax(t, -1) if fmt == "logits" else t
         b = jax.nn.log_softmax(p, -1) if fmt == "logits" else p
         if direction == "reverse":
@@ -38,36 +43,20 @@ def _jax_programs(fmt: str, direction: str):
     return jax.jit(divergence), jax.jit(jax.value_and_grad(divergence, argnums=1))
 
 
-def _kldiv_call(t: np.ndarray, p: np.ndarray, fmt: str, direction: str, want_grad: bool):
-    from kldiv.kernels.numba_cpu import fused_rows
+def _kldiv_calls(t: np.ndarray, p: np.ndarray, fmt: str, direction: str) -> dict[str, Callable[[], Any]]:
+    import torch
 
-    coef = np.full(t.shape[0], 1.0 / t.shape[0])
-    options = dict(
-        true_format=fmt, pred_format=fmt, direction=direction, beta=None, epsilon=1e-7, temperature=1.0
-    )
-    return lambda: fused_rows(t, p, coef, None, want_grad=want_grad, **options)
+    import kldiv
 
+    loss = kldiv.KLDivergence(y_true_format=fmt, y_pred_format=fmt, direction=direction, backend="numba")
+    tt = torch.from_numpy(t)
 
-def _jax_call(program, t, p):
-    import jax
+    def value_and_grad() -> Any:
+        value = loss(tt, torch.from_numpy(p).requires_grad_())
+        value.backward()
+        return value
 
-    return lambda: jax.block_until_ready(program(t, p))
-
-
-def _median_ms(calls: dict, repeats: int, blocks: bool) -> dict:
-    """Median ms per call: interleaved round-robin, or (``blocks``) each call's repeats back to back."""
-    for call in calls.values():
-        call()
-    times = {name: [] for name in calls}
-    if blocks:
-        order = [name for name in calls for _ in range(repeats)]
-    else:
-        order = [name for _ in range(repeats) for name in calls]
-    for name in order:
-        start = time.perf_counter()
-        calls[name]()
-        times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+    return {"kldiv": lambda: loss(t, p), "kldiv_grad": value_and_grad}
 
 
 def main() -> None:
@@ -96,13 +85,10 @@ def main() -> None:
         t, p = logits if fmt == "logits" else log_probs
         tj, pj = jax.device_put(t), jax.device_put(p)
         value, value_and_grad = _jax_programs(fmt, direction)
-        calls = {
-            "kldiv": _kldiv_call(t, p, fmt, direction, False),
-            "jax": _jax_call(value, tj, pj),
-            "kldiv_grad": _kldiv_call(t, p, fmt, direction, True),
-            "jax_grad": _jax_call(value_and_grad, tj, pj),
-        }
-        ms = _median_ms(calls, args.repeats, args.blocks)
+        calls = _kldiv_calls(t, p, fmt, direction)
+        calls["jax"] = lambda value=value, tj=tj, pj=pj: jax.block_until_ready(value(tj, pj))
+        calls["jax_grad"] = lambda f=value_and_grad, tj=tj, pj=pj: jax.block_until_ready(f(tj, pj))
+        ms = median_ms(calls, args.repeats, interleaved=not args.blocks)
         for mode, suffix in (("value", ""), ("value+grad", "_grad")):
             k, j = ms["kldiv" + suffix], ms["jax" + suffix]
             print(f"{fmt + ' ' + direction + ' ' + mode:<30} {k:>9.1f} {j:>9.1f} {j / k:>10.2f}")

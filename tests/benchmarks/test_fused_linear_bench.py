@@ -1,5 +1,6 @@
-"""``kldiv bench fused-linear`` (and ``benchmarks/fused_linear_memory.py``): structure of the report,
-the skip logic, the CUDA mode's absence handling and the accuracy figures; never a time.
+"""``kldiv bench fused-linear`` (:mod:`kldiv.cli.bench_fused` over :mod:`kldiv.bench.fused_linear`,
+and ``benchmarks/fused_linear_memory.py``): structure of the report, the skip logic, the CUDA mode's
+absence handling and the accuracy figures; never a time.
 
 One subprocess runs the command end to end at a tiny size (two case processes, a few seconds each);
 the rest is in-process.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -18,10 +20,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kldiv.cli import bench_fused  # noqa: E402
+from kldiv.bench.fused_linear import accuracy, case, cases, estimates  # noqa: E402
+from kldiv.bench.fused_linear import report as fused_report  # noqa: E402
+from kldiv.bench.fused_linear import run as fused_run  # noqa: E402
+from kldiv.cli import bench_fused, tables  # noqa: E402
 from kldiv.cli.main import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+# Issue #7's accuracy goals on the loss and the norm-wise gradient errors (benchmarks/RESULTS.md).
+TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2}
 RESULT_FIELDS = {
     "impl",
     "bt",
@@ -77,6 +84,9 @@ def test_command_runs_end_to_end(tiny_run):
     assert "measurements (cpu)" in done.stdout
     assert "kldiv-kl / naive-kl" in done.stdout
     assert "matmul probe float32" in done.stderr
+    assert done.stdout.startswith("cpu: ") and "; ISA: " in done.stdout and "; Numba target: " in done.stdout
+    after_machine = done.stdout.split("\n", 1)[1]
+    assert not re.search(r"\btargets?\b|\bgoal\b|\bmet\b|\byes\b|\bNO\b", after_machine), after_machine
     markdown = (out / "report.md").read_text()
     assert "| 16x8x64 | float32 | kldiv-kl / naive-kl |" in markdown
 
@@ -85,12 +95,11 @@ def test_json_report_fields(tiny_run):
     done, out = tiny_run
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert {"config", "machine", "matmul_probe", "constants", "results", "comparisons", "targets"} <= set(
-        report
-    )
+    assert {"config", "machine", "matmul_probe", "constants", "results", "comparisons"} <= set(report)
+    assert "targets" not in report
     assert report["command"].startswith("kldiv bench fused-linear")
     assert report["config"]["sizes"] == [[16, 8, 64]]
-    assert report["constants"]["naive_logit_copies"] == bench_fused.NAIVE_LOGIT_COPIES
+    assert report["constants"]["naive_logit_copies"] == estimates.NAIVE_LOGIT_COPIES
     assert [r["impl"] for r in report["results"]] == ["naive-kl", "kldiv-kl"]
     for record in report["results"]:
         assert set(record) >= RESULT_FIELDS, record
@@ -102,7 +111,6 @@ def test_json_report_fields(tiny_run):
     assert comparison["ratio"] == "kldiv-kl / naive-kl"
     assert {"memory_ratio", "temporaries_ratio", "time_ratio", "loss_difference"} <= set(comparison)
     assert comparison["time_ratio"] > 0
-    assert report["targets"] == []  # the targets are checked at the issue's sizes only
 
 
 def test_script_is_a_thin_wrapper():
@@ -123,7 +131,7 @@ def test_script_is_a_thin_wrapper():
 
 
 def test_grid_is_the_issue_grid():
-    grid = bench_fused.grid_sizes()
+    grid = fused_run.grid_sizes()
     assert len(grid) == 6
     assert {bt for bt, _, _ in grid} == {1024, 4096, 8192}
     assert {v for _, _, v in grid} == {32000, 128256}
@@ -135,43 +143,43 @@ def test_grid_is_the_issue_grid():
 
 
 def test_memory_estimate_skips_what_does_not_fit(monkeypatch):
-    monkeypatch.setattr(bench_fused, "available_memory", lambda: 4 * 2**30)
-    need = bench_fused.estimate_bytes("naive-kl", 8192, 1024, 128256, "float32", "logits")
+    monkeypatch.setattr(estimates, "available_memory", lambda: 4 * 2**30)
+    need = estimates.estimate_bytes("naive-kl", 8192, 1024, 128256, "float32", "logits")
     # logits-sized temporaries dominate: at least NAIVE_LOGIT_COPIES x BT x V x 4 bytes
-    assert need > bench_fused.NAIVE_LOGIT_COPIES["naive-kl"] * 8192 * 128256 * 4
-    reason = bench_fused.memory_skip_reason("naive-kl", 8192, 1024, 128256, "float32", "logits")
+    assert need > estimates.NAIVE_LOGIT_COPIES["naive-kl"] * 8192 * 128256 * 4
+    reason = estimates.memory_skip_reason("naive-kl", 8192, 1024, 128256, "float32", "logits")
     assert reason == f"would need ~{need / 2**30:.1f} GiB, machine has 4.0 GiB available"
-    assert bench_fused.memory_skip_reason("kldiv-kl", 1024, 1024, 32000, "float32", "logits") is None
-    monkeypatch.setattr(bench_fused, "available_memory", lambda: None)  # unknown: never skip
-    assert bench_fused.memory_skip_reason("naive-kl", 8192, 1024, 128256, "float32", "logits") is None
+    assert estimates.memory_skip_reason("kldiv-kl", 1024, 1024, 32000, "float32", "logits") is None
+    monkeypatch.setattr(estimates, "available_memory", lambda: None)  # unknown: never skip
+    assert estimates.memory_skip_reason("naive-kl", 8192, 1024, 128256, "float32", "logits") is None
 
 
 def test_skipped_cases_are_recorded_not_run(monkeypatch, capsys):
-    monkeypatch.setattr(bench_fused, "available_memory", lambda: 2**20)  # 1 MiB: nothing fits
-    monkeypatch.setattr(bench_fused, "_run_child", lambda *a: pytest.fail("a case was started"))
+    monkeypatch.setattr(estimates, "available_memory", lambda: 2**20)  # 1 MiB: nothing fits
+    monkeypatch.setattr(fused_run, "run_child", lambda *a: pytest.fail("a case was started"))
     config = bench_fused.make_config(
         bench_fused.build_parser().parse_args(["--sizes", "16x8x64", "--dtypes", "float32,bfloat16"])
     )
-    report = bench_fused.run_benchmark(config, stream=sys.stderr)
+    report = fused_run.run_benchmark(config, stream=sys.stderr)
     assert len(report["results"]) == 4
     for record in report["results"]:
         assert record["skipped"].startswith("would need ~")
         assert record["skipped"].endswith("machine has 0.0 GiB available")
     assert all("missing" in row for row in report["comparisons"])
     assert "skipped: would need" in capsys.readouterr().err
-    bench_fused.print_report(report, sys.stdout, use_rich=False)
+    tables.print_tables(fused_report.tables(report), sys.stdout, use_rich=False)
     assert "machine has 0.0 GiB available" in capsys.readouterr().out
-    assert "would need" in bench_fused.markdown(report)
+    assert "would need" in tables.markdown(fused_report.tables(report))
 
 
 def test_time_estimate_skips_what_would_time_out():
-    assert bench_fused.time_skip_reason(None, 3, 10.0, "float32") is None
-    assert bench_fused.time_skip_reason(2.0, 3, 10.0, "float32") is None
-    reason = bench_fused.time_skip_reason(50.0, 4, 100.0, "bfloat16")
+    assert estimates.time_skip_reason(None, 3, 10.0, "float32") is None
+    assert estimates.time_skip_reason(2.0, 3, 10.0, "float32") is None
+    reason = estimates.time_skip_reason(50.0, 4, 100.0, "bfloat16")
     assert reason == (
         "would take ~200 s (4 steps of ~50 s of bfloat16 matmuls at the probed rate), over the 100 s timeout"
     )
-    flops = bench_fused.step_flops(4096, 1024, 32000, "logits")
+    flops = estimates.step_flops(4096, 1024, 32000, "logits")
     assert flops == 3 * 2 * 4096 * 1024 * 32000
 
 
@@ -188,7 +196,7 @@ def test_case_timeout_is_recorded():
         "repeats": 1,
         "seed": 0,
     }
-    record = bench_fused._run_child(spec, 0.05)
+    record = fused_run.run_child(spec, 0.05)
     assert record["error"] == "timed out after 0.05 s"
     assert record["impl"] == "naive-kl"
 
@@ -206,17 +214,17 @@ def test_argument_errors():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
-def test_cuda_without_cuda_skips_clearly(tmp_path, capsys):
+def test_cuda_without_cuda_is_an_error(tmp_path, capsys):
     path = tmp_path / "gpu.json"
-    assert main(["bench", "fused-linear", "--device", "cuda", "--json", str(path)]) == 0
+    assert main(["bench", "fused-linear", "--device", "cuda", "--json", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "kldiv bench fused-linear: skipped: CUDA is not available" in err
-    report = json.loads(path.read_text())
-    assert report["skipped"].startswith("CUDA is not available")
-    assert report["config"]["impls"] == list(bench_fused.IMPLS)  # naive, kldiv KL/JSD, liger
-    assert report["config"]["teacher"] == "hidden"
+    assert err.startswith("kldiv: error: --device cuda: CUDA is not available") and err.count("\n") == 1
+    assert not path.exists()
+    config = bench_fused.make_config(bench_fused.build_parser().parse_args(["--device", "cuda"]))
+    assert config["impls"] == list(cases.IMPLS)  # naive, kldiv KL/JSD, liger
+    assert config["teacher"] == "hidden"
     with pytest.raises(RuntimeError, match="CUDA is not available"):
-        bench_fused.run_case({"impl": "naive-jsd", "device": "cuda"})
+        case.run_case({"impl": "naive-jsd", "device": "cuda"})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
@@ -233,25 +241,27 @@ def test_gpu_script_without_cuda(tmp_path):
         timeout=120,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
-    assert "skipped: CUDA is not available" in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("kldiv: error: --device cuda: CUDA is not available")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "g.json").exists()
 
 
 def test_liger_absent_is_reported():
-    liger, why = bench_fused.liger_jsd()
+    liger, why = cases.liger_jsd()
     if liger is not None:
         pytest.skip("liger_kernel is installed")
     assert why.startswith("liger_kernel is not importable")
     with pytest.raises(RuntimeError, match="liger_kernel is not importable"):
-        bench_fused.make_loss("liger-jsd")
+        cases.make_loss("liger-jsd")
 
 
 def test_every_cpu_implementation_with_a_hidden_teacher():
     """The GPU mode's programs (teacher as hidden + weight), run on the CPU: equal values."""
     values = {}
     for impl in ("naive-kl", "kldiv-kl", "naive-jsd", "kldiv-jsd"):
-        inputs = bench_fused.make_inputs(16, 8, 64, torch.float32, "cpu", "hidden", seed=3)
-        loss = bench_fused.make_loss(impl)(inputs)
+        inputs = cases.make_inputs(16, 8, 64, torch.float32, "cpu", "hidden", seed=3)
+        loss = cases.make_loss(impl)(inputs)
         loss.backward()
         assert inputs["hidden"].grad is not None and inputs["weight"].grad is not None
         values[impl] = float(loss.detach())
@@ -266,18 +276,20 @@ def test_every_cpu_implementation_with_a_hidden_teacher():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("impl", ["kldiv-kl", "kldiv-jsd", "naive-kl", "naive-jsd"])
-def test_accuracy_below_targets(impl, dtype):
-    record = bench_fused.accuracy_case(impl, 32, 16, 256, dtype, "logits", seed=0)
-    assert record["target"] == bench_fused.ACCURACY_TARGETS[dtype]
-    assert record["met"], record
+def test_accuracy_below_tolerance(impl, dtype):
+    record = accuracy.accuracy_case(impl, 32, 16, 256, dtype, "logits", seed=0)
+    assert "target" not in record and "met" not in record
     for key in ("loss_rel_error", "grad_hidden_norm_rel_error", "grad_weight_norm_rel_error"):
-        assert record[key] <= record["target"], (key, record)
+        assert record[key] <= TOLERANCE[dtype], (key, record)
+    assert record["worst_rel_error"] == max(
+        record[key] for key in ("loss_rel_error", "grad_hidden_norm_rel_error", "grad_weight_norm_rel_error")
+    )
     # elementwise maxima over |g64| > 1e-3 max: reported, looser (cancellation near the threshold;
     # bfloat16 gradients are rounded to 8 bits, so small entries can be off by their own size)
     for key in ("grad_hidden_max_rel_error", "grad_weight_max_rel_error"):
         assert math.isfinite(record[key])
         if dtype == "float32":
-            assert record[key] <= 100 * record["target"], (key, record)
+            assert record[key] <= 100 * TOLERANCE[dtype], (key, record)
 
 
 def test_accuracy_command(tmp_path, capsys):
@@ -288,6 +300,11 @@ def test_accuracy_command(tmp_path, capsys):
     assert "relative error vs the float64 naive program" in out
     report = json.loads(path.read_text())
     assert [(r["impl"], r["dtype"]) for r in report["accuracy"]] == [
-        (impl, dtype) for dtype in ("float32", "bfloat16") for impl in bench_fused.ACCURACY_IMPLS
+        (impl, dtype) for dtype in ("float32", "bfloat16") for impl in fused_run.ACCURACY_IMPLS
     ]
-    assert all(r["met"] for r in report["accuracy"] if r["impl"].startswith("kldiv"))
+    for record in report["accuracy"]:
+        if record["impl"].startswith("kldiv"):
+            assert record["worst_rel_error"] <= TOLERANCE[record["dtype"]], record
+    assert out.startswith("cpu: ")
+    tables = out.split("\n", 1)[1]  # after the machine line, whose "Numba target" is the code generator
+    assert not re.search(r"\btargets?\b|\bmet\b|\bgoal\b", tables), tables

@@ -262,7 +262,80 @@ def _unknown_extension(tmp_path: Path) -> str:
     return str(path)
 
 
+def _npy_bytes(tmp_path: Path, name: str, keep: int | None) -> str:
+    """A .npy file of a [4, 10] float64 array cut to its first ``keep`` bytes (0: an empty file)."""
+    path = tmp_path / name
+    np.save(path, np.ones((4, 10)))
+    path.write_bytes(path.read_bytes()[:keep])
+    return str(path)
+
+
+def _text_file(tmp_path: Path, name: str, content: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+def _dangling_link(tmp_path: Path) -> str:
+    path = tmp_path / "gone.npy"
+    path.symlink_to(tmp_path / "never-written.npy")
+    return str(path)
+
+
+def _directory(tmp_path: Path) -> str:
+    path = tmp_path / "folder.npy"
+    path.mkdir()
+    return str(path)
+
+
 ERROR_CASES = {
+    "empty .npy file": (lambda tmp: [_npy_bytes(tmp, "empty.npy", 0), SEED_PRED], "the file is empty"),
+    "truncated .npy data": (
+        lambda tmp: [_npy_bytes(tmp, "short.npy", 200), SEED_PRED],
+        "could only read 9 elements",
+    ),
+    "truncated .npy header": (
+        lambda tmp: [SEED_TRUE, _npy_bytes(tmp, "header.npy", 50)],
+        "Argument `y_pred`: expected a .npy file of numbers",
+    ),
+    "malformed csv": (
+        lambda tmp: [_text_file(tmp, "bad.csv", b"0.5,0.5\n0.5,abc\n"), SEED_PRED],
+        "could not convert string 'abc'",
+    ),
+    "ragged csv": (
+        lambda tmp: [_text_file(tmp, "ragged.csv", b"0.5,0.5\n1\n"), SEED_PRED],
+        "Argument `y_true`: expected a .csv file of numbers",
+    ),
+    "malformed json": (
+        lambda tmp: [SEED_TRUE, _text_file(tmp, "bad.json", b"[[0.6, 0.4], [0.4,")],
+        "Argument `y_pred`: expected a .json file of numbers",
+    ),
+    "json that is not UTF-8": (
+        lambda tmp: [_text_file(tmp, "binary.json", b"\xff\xfe\x00"), SEED_PRED],
+        "codec can't decode",
+    ),
+    "json of strings": (
+        lambda tmp: [_text_file(tmp, "strings.json", b'[["a", "b"]]'), SEED_PRED],
+        "'a' is not a number",
+    ),
+    "dangling link": (lambda tmp: [_dangling_link(tmp), SEED_PRED], "no such file"),
+    "directory named like a file": (lambda tmp: [_directory(tmp), SEED_PRED], "not a file"),
+    "normalize: negative count": (
+        lambda tmp: ["[[1, -1], [2, 2]]", SEED_PRED, "--normalize"],
+        "1 of 4 entries are negative",
+    ),
+    "normalize: a row sums to 0": (
+        lambda tmp: [SEED_TRUE, SEED_PRED, "--normalize"],
+        "Argument `y_true`: expected non-negative, finite counts",
+    ),
+    "normalize: not finite": (
+        lambda tmp: ["[[1, inf]]", "[[1, 1]]", "--normalize"],
+        "an entry is not finite",
+    ),
+    "normalize: logits": (
+        lambda tmp: ["[[1, 2]]", "[[1, 1]]", "--normalize", "--from-logits"],
+        "y_pred is given as logits",
+    ),
     "malformed inline value": (lambda tmp: ["[[0, 1], [0,", SEED_PRED], "was never closed"),
     "not a number": (lambda tmp: ["[[0, 1], [0, abc]]", SEED_PRED], "abc is not a number"),
     "ragged list": (lambda tmp: ["[[0, 1], [0]]", SEED_PRED], "ragged"),
@@ -297,6 +370,73 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path: Path, case: str) -> None
     assert fragment in lines[0]
 
 
+def test_unreadable_file_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that cannot be read: permission denied (which root, running these tests, never gets
+    from the file system, hence raised here in-process) is one line and exit 2."""
+    from kldiv.cli.main import main
+
+    path = tmp_path / "locked.npy"
+    np.save(path, np.ones(2))
+
+    def denied(name: str, argument: str) -> None:
+        raise PermissionError(13, "Permission denied", name)
+
+    monkeypatch.setattr(inputs, "_load_npy", denied)
+    assert main([str(path), SEED_PRED]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"kldiv: error: Argument `y_true`: expected a .npy file of numbers; received '{path}' "
+        f"([Errno 13] Permission denied: '{path}').\n"
+    )
+
+
+# --- one-column files and --normalize -------------------------------------------------------------
+
+
+def test_one_column_csv_is_one_distribution(tmp_path: Path) -> None:
+    """What ``np.savetxt(v)`` writes for a histogram ``v``: one distribution, not one per row."""
+    t, p = np.array([0.3, 0.5, 0.2]), np.array([0.4, 0.4, 0.2])
+    np.savetxt(tmp_path / "t.csv", t)
+    np.savetxt(tmp_path / "p.csv", p)
+    out = run_json(str(tmp_path / "t.csv"), str(tmp_path / "p.csv"), "--epsilon", "0")
+    assert out["per_sample"] == pytest.approx(float(np.sum(t * np.log(t / p))), rel=1e-12)
+    assert out["value"] == out["per_sample"]
+
+
+def test_normalize_turns_counts_into_distributions(tmp_path: Path) -> None:
+    counts_t, counts_p = np.array([3.0, 5.0, 2.0]), np.array([4.0, 4.0, 2.0])
+    np.savetxt(tmp_path / "t.csv", counts_t)
+    np.savetxt(tmp_path / "p.csv", counts_p)
+    out = run_json(str(tmp_path / "t.csv"), str(tmp_path / "p.csv"), "--normalize")
+    t, p = counts_t / counts_t.sum(), counts_p / counts_p.sum()
+    assert out["dtype"] == "float64"
+    np.testing.assert_allclose(out["value"], reference_kl(t, p), rtol=1e-12)
+    raw = run_json(str(tmp_path / "t.csv"), str(tmp_path / "p.csv"))
+    assert raw["value"] == pytest.approx(0.0, abs=1e-12)  # counts clipped to [1e-7, 1]: all equal
+
+
+def test_normalize_rows_of_inline_and_npy_values(tmp_path: Path) -> None:
+    out = run_json("[[1, 3], [2, 2]]", "[[1, 1], [1, 3]]", "--normalize", "--reduction", "none")
+    t, p = np.array([[0.25, 0.75], [0.5, 0.5]]), np.array([[0.5, 0.5], [0.25, 0.75]])
+    assert out["dtype"] == "float32"  # Python floats, converted as the library converts lists
+    assert_float32_close(out["value"], reference_kl(t, p))
+    np.save(tmp_path / "t.npy", np.array([[1, 3], [2, 2]], dtype=np.int64))
+    np.save(tmp_path / "p.npy", np.array([[1.0, 1.0], [1.0, 3.0]], dtype=np.float64))
+    out = run_json(str(tmp_path / "t.npy"), str(tmp_path / "p.npy"), "--normalize", "--reduction", "none")
+    assert out["dtype"] == "float64"
+    np.testing.assert_allclose(out["value"], reference_kl(t, p), rtol=1e-12)
+
+
+def test_normalize_along_the_axis() -> None:
+    value = inputs.normalize([[1.0, 2.0], [3.0, 2.0]], "y_true", axis=0)
+    np.testing.assert_allclose(value, [[0.25, 0.5], [0.75, 0.5]])
+    integers = inputs.normalize(np.array([[1, 3]]), "y_true", axis=-1)
+    assert integers.dtype == np.float32 and integers.tolist() == [[0.25, 0.75]]
+
+
 # --- help, version, entry points, imports --------------------------------------------------------
 
 
@@ -312,6 +452,9 @@ def test_help_has_examples() -> None:
         "--sample-weight",
         "float32",
         "allow_pickle=False",
+        "np.savetxt(v)",
+        "ONE",
+        "--normalize",
     ):
         assert fragment in proc.stdout
 

@@ -40,8 +40,25 @@ def run(args: argparse.Namespace) -> Result:
     loss = losses.KLDivergence(reduction=args.reduction, **options)  # validates options first
     y_true = inputs.read_value(args.y_true, "y_true")
     y_pred = inputs.read_value(args.y_pred, "y_pred", float_integers=args.dtype is None)
+    if args.normalize:
+        _check_normalizable(options)
+        y_true = inputs.normalize(y_true, "y_true", args.axis)
+        y_pred = inputs.normalize(y_pred, "y_pred", args.axis)
     weight = None if args.sample_weight is None else inputs.read_value(args.sample_weight, "sample_weight")
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf/nan are results here
         per_sample = losses.kl_divergence(y_true, y_pred, **options)
         value = loss(y_true, y_pred, sample_weight=weight)
     return Result(np.asarray(per_sample), np.asarray(value), args.reduction, options)
+
+
+def _check_normalizable(options: dict[str, Any]) -> None:
+    """``--normalize`` makes probabilities: both inputs must be given as probabilities."""
+    formats = {"y_true": options["y_true_format"], "y_pred": options["y_pred_format"]}
+    if options["from_logits"]:
+        formats["y_pred"] = "logits"
+    for argument, given in formats.items():
+        if given != "probs":
+            raise ValueError(
+                f"--normalize divides each distribution by its sum, which needs probabilities or "
+                f"counts; {argument} is given as {given} (drop --normalize or the format option)"
+            )

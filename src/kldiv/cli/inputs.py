@@ -134,7 +134,9 @@ def load_file(path: str, argument: str) -> Value:
     loader = {".npy": _load_npy, ".csv": _load_csv, ".json": _load_json}[suffix]
     try:
         return loader(path, argument)
-    except (ValueError, OSError, RecursionError) as exc:
+    except EOFError:  # NumPy's error for a 0-byte .npy file
+        raise _error(argument, f"a {suffix} file of numbers", path, "the file is empty") from None
+    except (ValueError, OSError, RecursionError, MemoryError) as exc:  # malformed, truncated, unreadable
         raise _error(argument, f"a {suffix} file of numbers", path, _one_line(exc)) from None
 
 
@@ -152,12 +154,46 @@ def _load_npy(path: str, argument: str) -> np.ndarray:
 
 
 def _load_csv(path: str, argument: str) -> np.ndarray:
+    """Rows of numbers, one sample per row; a file of one column (what ``np.savetxt(v)`` writes for
+    a vector ``v``, a histogram) is one distribution, read as a vector."""
     ndmin = 1 if argument == "sample_weight" else 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "input contained no data": an empty batch
-        return np.loadtxt(path, delimiter=",", ndmin=ndmin)
+        array = np.loadtxt(path, delimiter=",", ndmin=ndmin)
+    return array[:, 0] if array.ndim == 2 and array.shape[0] > 0 and array.shape[1] == 1 else array
 
 
 def _load_json(path: str, argument: str) -> Value:
     with open(path, encoding="utf-8") as handle:
         return checked_numbers(json.load(handle))
+
+
+def normalize(value: Value, argument: str, axis: int) -> Value:
+    """Each distribution (slice along ``axis``) divided by its sum: histograms of counts become
+    probabilities. ``InputError`` for an entry that is negative or not finite, or a sum of 0.
+
+    Computed in float64; an array comes back in its own floating dtype (float32 for integer data),
+    a Python value as Python floats (which the library converts as any Python list).
+    """
+    array = np.asarray(value, dtype=np.float64)
+    expected = "non-negative, finite counts or weights with a positive sum per distribution (--normalize)"
+    if array.ndim == 0:
+        raise _error(argument, expected, value, "a single number is no distribution")
+    if not np.isfinite(array).all():
+        raise _error(argument, expected, value, "an entry is not finite")
+    if (array < 0).any():
+        raise _error(
+            argument, expected, value, f"{int((array < 0).sum())} of {array.size} entries are negative"
+        )
+    try:
+        sums = array.sum(axis=axis, keepdims=True)
+    except np.exceptions.AxisError:
+        raise _error(argument, expected, value, f"it has no axis {axis}") from None
+    if (sums == 0).any():
+        raise _error(
+            argument, expected, value, f"{int((sums == 0).sum())} of {sums.size} distributions sum to 0"
+        )
+    result = array / sums
+    if isinstance(value, np.ndarray):
+        return result.astype(value.dtype if value.dtype.kind == "f" else np.float32)
+    return result.tolist()

@@ -27,6 +27,7 @@ examples:
   kldiv y_true.npy y_pred.npy --reduction sum --epsilon 0
   kldiv teacher.csv student.csv --y-true-format logits --from-logits --json
   kldiv targets.json predictions.json --reduction none --sample-weight weights.npy
+  kldiv counts_a.csv counts_b.csv --normalize            # two histograms, np.savetxt(v) columns
 
 inputs:
   Y_TRUE, Y_PRED and --sample-weight are each an inline value or a file:
@@ -34,11 +35,15 @@ inputs:
             inf); parsed as data, never evaluated. Converted as the library converts Python
             lists: Python floats become float32.
     .npy    one array, loaded without pickles (allow_pickle=False); it keeps its dtype.
-    .csv    comma-separated numeric rows, one sample per row; read as float64 (a sample weight
-            file may be one row or one column).
+    .csv    comma-separated numeric rows, one sample per row; read as float64. A file of one
+            column (a column vector, what np.savetxt(v) writes for a vector v) is ONE
+            distribution, not one per row; a sample weight file may be one row or one column.
     .json   a nested list of numbers; converted like an inline value.
   An integer or boolean Y_PRED (inline or from a file) is converted to floating point first
   (float32; the library requires a floating y_pred) unless --dtype is given.
+  --normalize divides each distribution of Y_TRUE and Y_PRED (along --axis) by its sum, turning
+  histograms of counts into distributions (without it, counts are clipped to [epsilon, 1] as Keras
+  does); an entry that is negative or not finite, or a distribution that sums to 0, is an error.
 
 output:
   A table of the unweighted per-sample divergence, then "<reduction>: <value>" (a nested list for
@@ -87,6 +92,7 @@ def build_parser() -> Parser:
     parser.add_argument("y_true", metavar="Y_TRUE", help="target distribution: inline value or file")
     parser.add_argument("y_pred", metavar="Y_PRED", help="predicted distribution: inline value or file")
     _add_library_options(parser)
+    _add_input_options(parser)
     _add_output_options(parser)
     parser.add_argument("--version", action="version", version=f"kldiv {__version__}")
     return parser
@@ -118,9 +124,10 @@ def _add_library_options(parser: Parser) -> None:
     library.add_argument(
         "--epsilon",
         type=float,
-        default=1e-7,
+        default=None,
         metavar="FLOAT",
-        help="clip probabilities to [FLOAT, 1] (default: 1e-7, as Keras); 0 = exact mode",
+        help="clip probabilities to [FLOAT, 1]; 0 = exact mode (default: 1e-7, as Keras, when both "
+        "inputs are probabilities, else exact mode)",
     )
     library.add_argument(
         "--axis", type=int, default=-1, metavar="INT", help="distribution axis (default: -1)"
@@ -130,6 +137,15 @@ def _add_library_options(parser: Parser) -> None:
         choices=DTYPES,
         metavar="DTYPE",
         help=f"cast both inputs to {', '.join(DTYPES)} (default: keep Y_PRED's dtype)",
+    )
+
+
+def _add_input_options(parser: Parser) -> None:
+    group = parser.add_argument_group("input options")
+    group.add_argument(
+        "--normalize",
+        action="store_true",
+        help="divide each distribution (row) of Y_TRUE and Y_PRED by its sum: counts -> probabilities",
     )
 
 
