@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> Result:
     """Read the inputs and compute; raises ``ValueError`` / ``TypeError`` / ``OSError``."""
     options = library_options(args)
     loss = losses.KLDivergence(reduction=args.reduction, **options)  # validates options first
+    options["epsilon"] = loss.options.epsilon  # reported as resolved (None: by the inputs' formats)
     y_true = inputs.read_value(args.y_true, "y_true")
     y_pred = inputs.read_value(args.y_pred, "y_pred", float_integers=args.dtype is None)
     if args.normalize:
