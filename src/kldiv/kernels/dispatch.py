@@ -143,7 +143,7 @@ def describe(xp: Any, y_true: Any, y_pred: Any) -> Request:
         dtype=dtype_name(y_pred.dtype),
         same_dtype=y_true.dtype == y_pred.dtype,
         same_shape=tuple(y_true.shape) == tuple(y_pred.shape),
-        elements=math.prod(y_pred.shape),
+        elements=0 if None in tuple(y_pred.shape) else math.prod(y_pred.shape),  # None: symbolic
         y_true_grad=bool(getattr(y_true, "requires_grad", False)),
         y_pred_grad=bool(getattr(y_pred, "requires_grad", False)) and grad_enabled,
         source=f"{getattr(xp, '__name__', xp)} on {device or 'its device'}",
