@@ -39,7 +39,10 @@ logits of both inputs, which are then renormalised: ``log_softmax(log x / T)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
+
+from . import grads
 
 FORMATS = ("probs", "log_probs", "logits")
 DIRECTIONS = ("forward", "reverse", "symmetric")
@@ -48,15 +51,47 @@ Array = Any
 Namespace = Any
 
 
-def log_softmax(xp: Namespace, x: Array, axis: int) -> Array:
-    r""":math:`x - \max x - \log \sum \exp(x - \max x)` along ``axis`` (stable).
+def _identity(x: Array) -> Array:
+    return x
 
-    A row whose maximum is not finite (all ``-inf``) is shifted by 0 instead.
+
+def _shifted(xp: Namespace, x: Array, axis: int, all_max: Callable[[Array], Array]) -> tuple[Array, Array]:
+    """``(M, x − M)`` with ``M = all_max(max x)`` along ``axis`` (kept as 1), 0 where not finite.
+
+    An empty shard has ``max = -inf`` (no entries).
     """
-    shift = xp.max(x, axis=axis, keepdims=True)
-    shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
-    shifted = x - shift
-    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
+    if x.shape[axis] == 0:
+        top = xp.full_like(xp.sum(x, axis=axis, keepdims=True), -math.inf)
+    else:
+        top = xp.max(x, axis=axis, keepdims=True)
+    top = all_max(top)
+    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+    return top, x - top
+
+
+def log_softmax(
+    xp: Namespace,
+    x: Array,
+    axis: int,
+    *,
+    all_max: Callable[[Array], Array] = _identity,
+    all_sum: Callable[[Array], Array] = _identity,
+) -> Array:
+    r""":math:`x - M - \log S`, :math:`M = \max x`, :math:`S = \sum \exp(x - M)` along ``axis`` (stable).
+
+    A row whose maximum is not finite (all ``-inf``) is shifted by 0 instead. ``all_max`` and
+    ``all_sum`` reduce ``M`` and ``S`` (shape ``x`` with ``axis`` kept as 1) over the participants
+    that each hold a shard of the axis (vocabulary parallelism, :mod:`kldiv.distributed._vocab`);
+    by default there is one participant.
+    """
+    _, shifted = _shifted(xp, x, axis, all_max)
+    return shifted - xp.log(all_sum(xp.sum(xp.exp(shifted), axis=axis, keepdims=True)))
+
+
+def logsumexp(xp: Namespace, x: Array, axis: int) -> Array:
+    r""":math:`M + \log \sum \exp(x - M)` along ``axis``, kept as 1 (``-inf`` for a row of ``-inf``)."""
+    top, shifted = _shifted(xp, x, axis, _identity)
+    return top + xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
 
 def _where(xp: Namespace, mask: Array | None, value: float, x: Array) -> Array:
@@ -117,13 +152,15 @@ def kl(xp: Namespace, a: Distribution, b: Distribution, axis: int) -> Array:
         # The Keras program itself, operation for operation, so float32 results round alike.
         return xp.sum(a.probs * xp.log(a.probs / b.probs), axis=axis)
     zero = a.zeros()
-    return xp.sum(a.prob(zero) * (a.log(zero) - b.log(zero)), axis=axis)
+    return xp.sum(grads.forward_term(a.prob(zero), a.log(zero), b.log(zero)), axis=axis)
 
 
 def js(xp: Namespace, a: Distribution, b: Distribution, beta: float, axis: int) -> Array:
     r""":math:`\beta\,\mathrm{KL}(A\|M) + (1-\beta)\,\mathrm{KL}(B\|M)`, :math:`M = \beta A + (1-\beta) B`.
 
-    ``log M`` is a ``logaddexp`` of the two log-probabilities, never a log of a sum of probabilities.
+    ``log M`` is :func:`kldiv.core.grads.js_log_mixture` (a ``logaddexp`` of the two log-probabilities,
+    never a log of a sum of probabilities, with exact mode's zeros masked) and each entry is
+    :func:`kldiv.core.grads.js_term`: the formulas the kernels compile.
     """
     if beta in (0.0, 1.0):
         # M equals one of the two distributions: exactly 0 (NaN inputs stay NaN), still connected
@@ -131,15 +168,11 @@ def js(xp: Namespace, a: Distribution, b: Distribution, beta: float, axis: int) 
         log_a, log_b = a.log(a.zeros()), b.log(b.zeros())
         zero = xp.where(xp.isnan(log_a), log_a, xp.zeros_like(log_a))
         return xp.sum(zero + xp.where(xp.isnan(log_b), log_b, xp.zeros_like(log_b)), axis=axis)
+    formulas = grads.array_formulas(xp)
     zero_a, zero_b = a.zeros(), b.zeros()
     log_a, log_b = a.log(zero_a), b.log(zero_b)
-    weighted_a, weighted_b = log_a + math.log(beta), log_b + math.log1p(-beta)
-    log_m = xp.logaddexp(weighted_a, weighted_b)
-    if zero_a is not None:
-        log_m = xp.where(zero_a, weighted_b, xp.where(zero_b, weighted_a, log_m))
-    kl_a = xp.sum(a.prob(zero_a) * (log_a - log_m), axis=axis)
-    kl_b = xp.sum(b.prob(zero_b) * (log_b - log_m), axis=axis)
-    return beta * kl_a + (1.0 - beta) * kl_b
+    log_m = formulas.js_log_mixture(log_a, log_b, zero_a, zero_b, math.log(beta), math.log1p(-beta))
+    return xp.sum(formulas.js_term(a.prob(zero_a), b.prob(zero_b), log_a, log_b, log_m, beta), axis=axis)
 
 
 def divergence(

@@ -5,11 +5,12 @@ Each participant holds a shard ``[..., V_r]`` (vocabulary last) of the teacher `
 (shards may be uneven, even empty). Writing ``s = x / T`` (logits, or log-probabilities when
 ``T ≠ 1``), the global log-softmax needs two all-reduces per side::
 
-    M   = all_max(max_j s_j)                    (0 where M is not finite, as core.log_softmax)
+    M   = all_max(max_j s_j)                    (0 where M is not finite)
     S   = all_sum(Σ_j exp(s_j − M))
     c_j = (s_j − M) − log S                     = log_softmax(s)_j over the whole row
 
-A side given as log-probabilities with ``T = 1`` is used as is (``c = s``), with no collective.
+(:func:`kldiv.core.divergences.log_softmax` with these two collectives). A side given as
+log-probabilities with ``T = 1`` is used as is (``c = s``), with no collective.
 Keras mode (``epsilon > 0``) clips the log-probabilities: ``a = clip(c_teacher, log ε, 0)``,
 ``b = clip(c_student, log ε, 0)``; exact mode (``epsilon = 0``) takes ``a = c_teacher``,
 ``b = c_student`` and masks zero probabilities (``log 0 = −inf``) before any product, as
@@ -36,6 +37,7 @@ import math
 from typing import Any, Protocol
 
 from ..core import grads
+from ..core.divergences import log_softmax
 
 Array = Any
 Namespace = Any
@@ -88,57 +90,27 @@ def check_formats(y_true_format: str, y_pred_format: str) -> None:
             )
 
 
-def _row_max(xp: Namespace, s: Array) -> Array:
-    """``max(s, axis=-1)``; ``-inf`` for an empty shard."""
-    if s.shape[-1] == 0:
-        return xp.full_like(xp.sum(s, axis=-1), -math.inf)
-    return xp.max(s, axis=-1)
-
-
-def global_log_softmax(xp: Namespace, sides: list[Array], comm: Collectives) -> list[Array]:
-    """``log_softmax`` of each array in ``sides`` over the whole (sharded) last axis.
-
-    The sides share the two all-reduces (one ``all_max``, one ``all_sum`` of the stacked rows).
-    """
-    top = comm.all_max(xp.stack([_row_max(xp, s) for s in sides]))
-    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
-    shifted = [s - xp.expand_dims(top[i], axis=-1) for i, s in enumerate(sides)]
-    total = comm.all_sum(xp.stack([xp.sum(xp.exp(z), axis=-1) for z in shifted]))
-    return [z - xp.expand_dims(xp.log(total[i]), axis=-1) for i, z in enumerate(shifted)]
-
-
-def _masked(xp: Namespace, zero: Array | None, x: Array) -> Array:
-    """``x`` with 0 where ``zero`` (``x`` itself without a mask)."""
-    return x if zero is None else xp.where(zero, xp.zeros_like(x), x)
-
-
 def _kl_terms(xp: Namespace, a: Array, b: Array, spec: Spec) -> tuple[Array, Array]:
-    """Forward / reverse / symmetric KL: ``(ℓ_j, ∂ℓ/∂b_j)`` from :mod:`kldiv.core.grads`.
-
-    Exact mode masks the entries where the distribution in front of the log is 0 (``0·log 0 = 0``),
-    in both logs, as :func:`kldiv.core.divergences.kl` does.
-    """
+    """Forward / reverse / symmetric KL: ``(ℓ_j, ∂ℓ/∂b_j)`` from :func:`kldiv.core.grads.forward_element`
+    and ``reverse_element`` (exact mode masks the entries where the distribution in front of the log
+    is 0, ``log 0 = -inf``)."""
+    formulas = grads.array_formulas(xp)
     exact = spec.epsilon == 0
     term = g = xp.zeros_like(b)
     if spec.direction in ("forward", "symmetric"):
         zero = a == -math.inf if exact else None
-        a_f, b_f = _masked(xp, zero, a), _masked(xp, zero, b)
-        t = _masked(xp, zero, xp.exp(a_f))
-        term, g = term + grads.forward_term(t, a_f, b_f), g + grads.forward_grad(t)
+        forward, forward_g = formulas.forward_element(xp.exp(a), a, b, zero)
+        term, g = term + forward, g + forward_g
     if spec.direction in ("reverse", "symmetric"):
         zero = b == -math.inf if exact else None
-        a_r, b_r = _masked(xp, zero, a), _masked(xp, zero, b)
-        q = _masked(xp, zero, xp.exp(b_r))
-        term, g = term + grads.reverse_term(q, a_r, b_r), g + grads.reverse_grad(q, a_r, b_r)
+        reverse, reverse_g = formulas.reverse_element(xp.exp(b), a, b, zero)
+        term, g = term + reverse, g + reverse_g
     return term, g
 
 
 def _js_terms(xp: Namespace, a: Array, b: Array, spec: Spec) -> tuple[Array, Array]:
-    """``JS_β``: ``(ℓ_j, ∂ℓ/∂b_j)`` from :mod:`kldiv.core.grads`, ``m = log(β t + (1−β) q)``.
-
-    ``m`` is a ``logaddexp``; exact mode masks each side's zeros and takes ``m`` from the other side
-    there, as :func:`kldiv.core.divergences.js` does. ``β ∈ {0, 1}`` gives exactly 0.
-    """
+    """``JS_β``: ``(ℓ_j, ∂ℓ/∂b_j)`` from :func:`kldiv.core.grads.js_element` (``m`` a ``logaddexp``,
+    exact mode's zeros masked). ``β ∈ {0, 1}`` gives exactly 0."""
     beta = spec.beta
     if beta in (0.0, 1.0):
         zero = xp.zeros_like(b)
@@ -146,13 +118,10 @@ def _js_terms(xp: Namespace, a: Array, b: Array, spec: Spec) -> tuple[Array, Arr
     exact = spec.epsilon == 0
     t_zero = a == -math.inf if exact else None
     q_zero = b == -math.inf if exact else None
-    a, b = _masked(xp, t_zero, a), _masked(xp, q_zero, b)
-    t, q = _masked(xp, t_zero, xp.exp(a)), _masked(xp, q_zero, xp.exp(b))
-    weighted_a, weighted_b = a + math.log(beta), b + math.log1p(-beta)
-    m = xp.logaddexp(weighted_a, weighted_b)
-    if exact:
-        m = xp.where(t_zero, weighted_b, xp.where(q_zero, weighted_a, m))
-    return grads.js_term(t, q, a, b, m, beta), grads.js_grad(q, b, m, beta)
+    formulas = grads.array_formulas(xp)
+    return formulas.js_element(
+        xp.exp(a), xp.exp(b), a, b, t_zero, q_zero, beta, math.log(beta), math.log1p(-beta)
+    )
 
 
 def log_probs(
@@ -166,9 +135,10 @@ def log_probs(
     sides = [x if temperature == 1.0 else x / temperature for x in (teacher, student)]
     lse_sides = [i for i, fmt in enumerate((spec.true_format, spec.pred_format)) if spec.needs_lse(fmt)]
     if lse_sides:
-        normalised = global_log_softmax(xp, [sides[i] for i in lse_sides], comm)
-        for i, c in zip(lse_sides, normalised, strict=True):
-            sides[i] = c
+        stacked = xp.stack([sides[i] for i in lse_sides])  # one all_max and one all_sum for both
+        normalised = log_softmax(xp, stacked, -1, all_max=comm.all_max, all_sum=comm.all_sum)
+        for k, i in enumerate(lse_sides):
+            sides[i] = normalised[k]
     return sides[0], sides[1]
 
 
@@ -212,5 +182,5 @@ def row_divergence(
     values, g_sum = totals[0], totals[1]
     if not spec.needs_lse(spec.pred_format):
         return values, g
-    grad = g - xp.exp(c_student) * xp.expand_dims(g_sum, axis=-1)
-    return values, (grad if spec.temperature == 1.0 else grad / spec.temperature)
+    softmax, g_sum = xp.exp(c_student), xp.expand_dims(g_sum, axis=-1)
+    return values, grads.array_formulas(xp).softmax_chain(g, softmax, g_sum, 1.0 / spec.temperature)

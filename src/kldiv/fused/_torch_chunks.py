@@ -77,20 +77,18 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 def _sparse_log_probs(
     student_logits: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, topk_format: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher and student as distributions over the top-k entries (+ the tail bucket)."""
-    student_logits, values = _wide(student_logits), _wide(values)
-    student = torch.log_softmax(student_logits, dim=-1)
-    if topk_format == "logits":
-        restricted = torch.gather(student_logits, -1, indices)
-        return torch.log_softmax(values, dim=-1), torch.log_softmax(restricted, dim=-1)
-    teacher_top = values
-    student_top = torch.gather(student, -1, indices)
-    if indices.shape[-1] == student_logits.shape[-1]:
-        return teacher_top, student_top  # k = V: no tail (its rounding residue is not a bucket)
-    mass = torch.exp(teacher_top).sum(-1, keepdim=True).clamp(max=1.0)
-    teacher_tail = torch.log1p(-mass)
-    student_tail = torch.logsumexp(student.scatter(-1, indices, -math.inf), dim=-1, keepdim=True)
-    return torch.cat([teacher_top, teacher_tail], -1), torch.cat([student_top, student_tail], -1)
+    """Teacher and student as distributions over the top-k entries (+ the tail bucket):
+    :func:`kldiv.core.topk.sparse_log_probs`."""
+    import array_api_compat.torch as xp
+
+    from ..core import topk
+
+    def exclude(student: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+        return student.scatter(-1, top, -math.inf)
+
+    return topk.sparse_log_probs(
+        xp, _wide(student_logits), indices, _wide(values), topk_format, exclude=exclude
+    )
 
 
 def _chunk_values(config: _Config, teacher: torch.Tensor, student: torch.Tensor, sparse: Any) -> torch.Tensor:

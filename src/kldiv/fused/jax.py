@@ -32,21 +32,14 @@ REDUCTIONS = ("auto", "token_mean", "mean", "sum_over_batch_size", "sum", "batch
 
 
 def _sparse_log_probs(student_logits, indices, values, topk_format):
-    """Teacher and student over the top-k entries plus the tail bucket (see kldiv.fused.torch)."""
-    student = jax.nn.log_softmax(student_logits, axis=-1)
-    if topk_format == "logits":
-        restricted = jnp.take_along_axis(student_logits, indices, axis=-1)
-        return jax.nn.log_softmax(values, axis=-1), jax.nn.log_softmax(restricted, axis=-1)
-    student_top = jnp.take_along_axis(student, indices, axis=-1)
-    if indices.shape[-1] == student_logits.shape[-1]:
-        return values, student_top
-    mass = jnp.minimum(jnp.exp(values).sum(-1, keepdims=True), 1.0)
-    rows = jnp.arange(student.shape[0])[:, None]
-    student_tail = jax.nn.logsumexp(student.at[rows, indices].set(-jnp.inf), axis=-1, keepdims=True)
-    return (
-        jnp.concatenate([values, jnp.log1p(-mass)], -1),
-        jnp.concatenate([student_top, student_tail], -1),
-    )
+    """Teacher and student over the top-k entries plus the tail bucket
+    (:func:`kldiv.core.topk.sparse_log_probs`)."""
+    from ..core import topk
+
+    def exclude(student, top):
+        return student.at[jnp.arange(student.shape[0])[:, None], top].set(-jnp.inf)
+
+    return topk.sparse_log_probs(jnp, student_logits, indices, values, topk_format, exclude=exclude)
 
 
 def _fused(

@@ -60,12 +60,24 @@ SMALLEST_NORMAL_FLOAT32 = float(np.finfo(np.float32).tiny)
 ROW_RUNS_PER_THREAD = 4
 
 _inline = njit(inline="always", fastmath=FASTMATH, cache=True)
-forward_term = _inline(grads.forward_term)
-forward_grad = _inline(grads.forward_grad)
-reverse_term = _inline(grads.reverse_term)
-reverse_grad = _inline(grads.reverse_grad)
-js_term = _inline(grads.js_term)
-js_grad = _inline(grads.js_grad)
+
+
+@_inline
+def _where(condition, x, y):
+    """:func:`kldiv.core.grads.where` in ``y``'s float type (a literal ``x`` would widen to float64)."""
+    return like(y, x) if condition else y
+
+
+@_inline
+def _log1p(x):
+    """``log(1 + x)`` with the vectorizable log (``x ∈ [0, 1]`` in :func:`kldiv.core.grads.logaddexp`)."""
+    return fast_log(like(x, 1.0) + x)
+
+
+# The formulas of kldiv.core.grads, compiled from their source there (none is re-typed here).
+_formulas = grads.compile_formulas(_inline, where=_where, exp=fast_exp, log1p=_log1p)
+forward_element, reverse_element = _formulas.forward_element, _formulas.reverse_element
+js_element, softmax_chain = _formulas.js_element, _formulas.softmax_chain
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
@@ -154,44 +166,24 @@ def _prob(side, i, exact, low, one):
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
-def _element(a, t, b, q, kind, exact, beta, log_beta, log1m_beta):
-    """``(term, ∂ℓ/∂b)`` of one entry; zero-probability entries give ``(0, 0)`` in exact mode.
-    ``kind`` is a compile-time constant at every call site, so each loop keeps one divergence."""
-    zero = like(a, 0.0)
+def _element(a, t, b, q, kind, beta, log_beta, log1m_beta):
+    """``(term, ∂ℓ/∂b)`` of one entry (:func:`kldiv.core.grads.forward_element`, ``reverse_element``,
+    ``js_element``). A zero probability is a log of ``-inf``, as in the core's ``Distribution.zeros``;
+    it occurs only in exact mode (Keras mode clips the logs to ``[log ε, 0]``), so the masks need no
+    mode test. ``kind`` is a compile-time constant at every call site: each loop keeps one divergence."""
+    t_zero, q_zero = a == -math.inf, b == -math.inf
     # Not ``kind in (FORWARD, SYMMETRIC)``: Numba does not fold a tuple membership test, and the
     # runtime branch left behind stops LLVM vectorizing the caller's loop (2× slower).
     if kind == FORWARD or kind == SYMMETRIC:  # noqa: SIM109
-        term, g = forward_term(t, a, b), forward_grad(t)
-        if exact and t == 0.0:
-            term, g = zero, zero
+        term, g = forward_element(t, a, b, t_zero)
         if kind == SYMMETRIC:
-            reverse, reverse_g = reverse_term(q, a, b), reverse_grad(q, a, b)
-            if exact and q == 0.0:
-                reverse, reverse_g = zero, zero
+            reverse, reverse_g = reverse_element(q, a, b, q_zero)
             term += reverse
             g += reverse_g
         return term, g
     if kind == REVERSE:
-        term, g = reverse_term(q, a, b), reverse_grad(q, a, b)
-        if exact and q == 0.0:
-            term, g = zero, zero
-        return term, g
-    wa = a + log_beta
-    wb = b + log1m_beta
-    top = max(wa, wb)
-    m = top + fast_log(like(a, 1.0) + fast_exp(min(wa, wb) - top))
-    if exact and t == 0.0:
-        m = wb
-    if exact and q == 0.0:
-        m = wa
-    term, g = js_term(t, q, a, b, m, beta), js_grad(q, b, m, beta)
-    if exact and q == 0.0:
-        term, g = like(a, beta * t * (a - m)), zero
-    if exact and t == 0.0:
-        term = like(a, (1.0 - beta) * q * (b - m))
-    if exact and t == 0.0 and q == 0.0:
-        term, g = zero, zero
-    return term, g
+        return reverse_element(q, a, b, q_zero)
+    return js_element(t, q, a, b, t_zero, q_zero, beta, log_beta, log1m_beta)
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
@@ -207,6 +199,8 @@ def _row_values(a_side, b_side, p_raw, g_row, kind, mode, constants, want_grad):
     low = like(zero, epsilon)
     log_low = like(zero, log_epsilon)
     scale = like(zero, scale)
+    # In the data's type, so that the JS mixture's log and exp stay the vectorized float32 ones.
+    beta, log_beta, log1m_beta = like(zero, beta), like(zero, log_beta), like(zero, log1m_beta)
     total = 0.0
     g_total = 0.0
     n = p_raw.shape[0]
@@ -227,7 +221,7 @@ def _row_values(a_side, b_side, p_raw, g_row, kind, mode, constants, want_grad):
                 b = c if exact else _clip(c, log_low, zero)
                 kept = b == c
                 q = _prob(b_side, i, exact, low, one)
-            term, g = _element(a, t_i, b, q, kind, exact, beta, log_beta, log1m_beta)
+            term, g = _element(a, t_i, b, q, kind, beta, log_beta, log1m_beta)
             block_total += term
             if want_grad:
                 g = g if kept else zero
@@ -256,7 +250,8 @@ def _masked_row(r, keep, values, grad, want_grad):
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
 def _softmax_chain(b_side, g_row, p_raw, grad_row, pred_format, epsilon, factor, g_sum):
-    """``grad ← (g − softmax · Σg) · factor`` with ``softmax = exp(c)``; one more ``1/p`` (0 where
+    """``grad ← (g − softmax · Σg) · factor`` (:func:`kldiv.core.grads.softmax_chain`) with
+    ``softmax = exp(c)``; one more ``1/p`` (0 where
     clipped) when ``u = log clip(p)``. Entry ``i`` of ``p_raw`` is read before ``grad_row[i]`` is
     written (the gradient may overwrite ``y_pred``)."""
     zero = like(b_side[2], 0.0)
@@ -265,7 +260,7 @@ def _softmax_chain(b_side, g_row, p_raw, grad_row, pred_format, epsilon, factor,
     one = like(zero, 1.0)
     low = like(zero, epsilon)
     for i in range(p_raw.shape[0]):
-        value = (g_row[i] - b_side[4][i] * b_side[5] * g_sum) * factor  # softmax = e_i / Σ e
+        value = softmax_chain(g_row[i], b_side[4][i] * b_side[5], g_sum, factor)  # softmax = e_i / Σ e
         if pred_format == PROBS:
             x = p_raw[i]
             inside = x == _clip(x, low, one) if epsilon > 0 else x != 0.0

@@ -11,6 +11,7 @@ textbook one, so that the tests compare kldiv with a second program, never with 
 * **Exact mode** (``epsilon == 0``): the terms of ``scipy.special.rel_entr(t, p)``: ``t * log(t / p)``
   for ``t > 0, p > 0``; ``0`` for ``t == 0, p >= 0``; ``+inf`` for ``t > 0, p == 0``. Inputs in log space
   use the same rule on ``t * (log t - log p)``, without a round trip through probabilities.
+* Jensen–Shannon ``JS_β`` (:func:`js_divergence`): entry by entry, ``β t log(t/m) + (1−β) q log(q/m)``.
 * Reductions of the per-sample loss ``L`` with a ``sample_weight`` ``w`` (tf_keras and Keras 3 spellings,
   and the distillation denominators), for weights that broadcast against ``L`` as they are.
 """
@@ -154,6 +155,61 @@ def kl_divergence(
     t = to_probs(y_true, y_true_format, axis)
     p = to_probs(y_pred, y_pred_format, axis)
     return keras_kl(t, p, epsilon=epsilon, axis=axis)
+
+
+def _js_side(x: object, fmt: str, epsilon: float, temperature: float, axis: int) -> np.ndarray:
+    """One argument of :func:`js_divergence` as float64 probabilities, the core's order of steps."""
+    x = as_float64(x)
+    if fmt == "probs" and temperature == 1.0:
+        return np.clip(x, epsilon, 1.0) if epsilon > 0 else x
+    log_x = x
+    if fmt == "probs":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_x = np.log(np.clip(x, epsilon, 1.0) if epsilon > 0 else x)
+    if fmt == "logits" or temperature != 1.0:
+        log_x = log_softmax(log_x / temperature, axis)
+    probs = np.exp(log_x)
+    return np.clip(probs, epsilon, 1.0) if epsilon > 0 else probs
+
+
+def _x_log_x_over(x: float, m: float) -> float:
+    """``x log(x / m)``, 0 where ``x = 0`` (``0 · log 0 = 0``); NaN for NaN or negative ``x``."""
+    if x == 0.0:
+        return 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(x * np.log(np.float64(x) / m))
+
+
+def js_divergence(
+    y_true: object,
+    y_pred: object,
+    *,
+    beta: float = 0.5,
+    y_true_format: str = "probs",
+    y_pred_format: str = "probs",
+    epsilon: float = KERAS_EPSILON,
+    temperature: float = 1.0,
+    axis: int = -1,
+) -> np.ndarray:
+    r"""Float64 :math:`\mathrm{JS}_\beta(P, Q) = \beta\,\mathrm{KL}(P\|M) + (1-\beta)\,\mathrm{KL}(Q\|M)`.
+
+    ``M = β P + (1−β) Q``, per sample along ``axis``, one entry at a time:
+    ``β t log(t/m) + (1−β) q log(q/m)`` with ``0 · log 0 = 0`` (so 0 at ``β ∈ {0, 1}``). Each side
+    is first turned into probabilities the way ``kldiv.js_divergence`` does: ``log_softmax`` of
+    ``log x / T`` for logits or ``T ≠ 1``, and in Keras mode (``epsilon > 0``) clipped to
+    ``[epsilon, 1]`` (before the log of probabilities, and after the log-softmax).
+    """
+    t = _js_side(y_true, y_true_format, epsilon, temperature, axis)
+    q = _js_side(y_pred, y_pred_format, epsilon, temperature, axis)
+    t, q = (np.moveaxis(x, axis, -1) for x in np.broadcast_arrays(t, q))
+    out = np.empty(t.shape[:-1])
+    for index in np.ndindex(out.shape):
+        total = 0.0
+        for t_i, q_i in zip(t[index], q[index], strict=True):
+            m_i = beta * t_i + (1.0 - beta) * q_i
+            total += beta * _x_log_x_over(t_i, m_i) + (1.0 - beta) * _x_log_x_over(q_i, m_i)
+        out[index] = total
+    return out
 
 
 def reduce_weighted(

@@ -3,7 +3,8 @@ r"""The Triton kernel: per-row divergence and its gradient w.r.t. ``y_pred``, on
 It must equal :func:`kldiv.core.divergences.divergence` (the reference) to float32 rounding, as the
 Numba kernel (:mod:`kldiv.kernels.numba_cpu`) does; ``tests/kernels/test_triton.py`` compares the
 two option by option. The per-element formulas are the functions of :mod:`kldiv.core.grads`
-themselves, compiled by ``triton.jit`` (they use only ``+ − ×``), so no formula is re-typed here.
+themselves, compiled by ``triton.jit`` (:func:`kldiv.core.grads.compile_formulas`), so no formula is
+re-typed here.
 
 Derivation (``a = log t``, ``b = log q``, ``g_i = ∂ℓ/∂b_i`` from :mod:`kldiv.core.grads`)::
 
@@ -15,9 +16,8 @@ Derivation (``a = log t``, ``b = log q``, ``g_i = ∂ℓ/∂b_i`` from :mod:`kld
 
 (``u`` is the raw input, ``log clip(p)`` for probabilities). Keras' clip (``epsilon > 0``) gives a
 zero gradient where it acts. Exact mode (``epsilon = 0``) masks zero probabilities the way the core
-does (``Distribution.log(masked) = 0``, ``prob = 0``) *before* the grads functions see them, so
-``0 · log 0`` never appears: forward KL masks both logs where ``t = 0``, reverse where ``q = 0``,
-and JS_β takes ``log M = log(1−β) + b`` where ``t = 0`` and ``log β + a`` where ``q = 0``.
+does, in the grads functions themselves (``forward_element``, ``reverse_element``, ``js_element``:
+``0 · log 0`` never appears, JS_β takes ``log M`` from the other side where one is 0).
 
 Passes over a row, in tiles of ``BLOCK`` entries (registers only, nothing but the gradient is
 written): (1) an online log-sum-exp of each side that needs one (logits, or any ``T ≠ 1``), a
@@ -34,31 +34,34 @@ offsets are int64 (``rows × vocab`` may exceed 2³¹).
 
 from __future__ import annotations
 
-import types
-from collections.abc import Callable
-
 import triton
 import triton.language as tl
 
 from ...core import grads
 
 
-def _jit(formula: Callable[..., float]) -> triton.JITFunction:
-    """``triton.jit`` of a :mod:`kldiv.core.grads` function: Triton compiles its source from grads.py.
-
-    The function is re-bound to this module's globals first: Triton's interpreter requires
-    ``triton.language`` among them (the formula itself reads no global).
-    """
-    return triton.jit(types.FunctionType(formula.__code__, globals(), formula.__name__, formula.__defaults__))
+@triton.jit
+def _where(condition, x, y):
+    """:func:`kldiv.core.grads.where`."""
+    return tl.where(condition, x, y)
 
 
-# The formulas of kldiv.core.grads, one Triton helper each (the source lives in grads.py only).
-forward_term = _jit(grads.forward_term)
-forward_grad = _jit(grads.forward_grad)
-reverse_term = _jit(grads.reverse_term)
-reverse_grad = _jit(grads.reverse_grad)
-js_term = _jit(grads.js_term)
-js_grad = _jit(grads.js_grad)
+@triton.jit
+def _exp(x):
+    return tl.exp(x)
+
+
+@triton.jit
+def _log1p(x):
+    """``log(1 + x)`` (``x ∈ [0, 1]`` in :func:`kldiv.core.grads.logaddexp`)."""
+    return tl.log(1.0 + x)
+
+
+# The formulas of kldiv.core.grads, one Triton function each, compiled from their source there (none
+# is re-typed here). Triton's interpreter wants ``triton.language`` among a function's globals.
+_formulas = grads.compile_formulas(triton.jit, tl=tl, where=_where, exp=_exp, log1p=_log1p)
+forward_element, reverse_element = _formulas.forward_element, _formulas.reverse_element
+js_element, softmax_chain = _formulas.js_element, _formulas.softmax_chain
 
 
 @triton.jit
@@ -126,41 +129,23 @@ def _side(
 
 
 @triton.jit
-def _element(a, t, b, q, KIND: tl.constexpr, CLIP: tl.constexpr, beta, log_beta, log1m_beta):
-    """``(term, ∂ℓ/∂b)`` per entry through :mod:`kldiv.core.grads`, zero probabilities masked first."""
+def _element(a, t, b, q, KIND: tl.constexpr, beta, log_beta, log1m_beta):
+    """``(term, ∂ℓ/∂b)`` per entry: :func:`kldiv.core.grads.forward_element`, ``reverse_element``,
+    ``js_element``. A zero probability is a log of ``-inf`` (the core's ``Distribution.zeros``); it
+    occurs only in exact mode, Keras mode clips the logs to ``[log ε, 0]``."""
+    t_zero = a == float("-inf")
+    q_zero = b == float("-inf")
     if KIND == "js":
-        a_js = a
-        b_js = b
-        if not CLIP:
-            a_js = tl.where(t == 0.0, 0.0, a)
-            b_js = tl.where(q == 0.0, 0.0, b)
-        wa = a_js + log_beta
-        wb = b_js + log1m_beta
-        top = tl.maximum(wa, wb)
-        m = top + tl.log(1.0 + tl.exp(tl.minimum(wa, wb) - top))
-        if not CLIP:
-            m = tl.where(t == 0.0, wb, tl.where(q == 0.0, wa, m))
-        term = js_term(t, q, a_js, b_js, m, beta)
-        g = js_grad(q, b_js, m, beta)
+        term, g = js_element(t, q, a, b, t_zero, q_zero, beta, log_beta, log1m_beta)
+    elif KIND == "forward":
+        term, g = forward_element(t, a, b, t_zero)
+    elif KIND == "reverse":
+        term, g = reverse_element(q, a, b, q_zero)
     else:
-        term = tl.zeros_like(a)
-        g = tl.zeros_like(a)
-        if KIND == "forward" or KIND == "symmetric":
-            a_f = a
-            b_f = b
-            if not CLIP:
-                a_f = tl.where(t == 0.0, 0.0, a)
-                b_f = tl.where(t == 0.0, 0.0, b)
-            term += forward_term(t, a_f, b_f)
-            g += forward_grad(t)
-        if KIND == "reverse" or KIND == "symmetric":
-            a_r = a
-            b_r = b
-            if not CLIP:
-                a_r = tl.where(q == 0.0, 0.0, a)
-                b_r = tl.where(q == 0.0, 0.0, b)
-            term += reverse_term(q, a_r, b_r)
-            g += reverse_grad(q, a_r, b_r)
+        term, g = forward_element(t, a, b, t_zero)
+        reverse, reverse_g = reverse_element(q, a, b, q_zero)
+        term += reverse
+        g += reverse_g
     return term, g
 
 
@@ -191,7 +176,7 @@ def _tile(
     xp = tl.load(p_row + offsets, mask=inside, other=1.0).to(ACC)
     a, t, _ = _side(xt, TRUE_FORMAT, TRUE_LSE, CLIP, t_lse, epsilon, log_epsilon, inv_t)
     b, q, kept = _side(xp, PRED_FORMAT, PRED_LSE, CLIP, p_lse, epsilon, log_epsilon, inv_t)
-    term, g = _element(a, t, b, q, KIND, CLIP, beta, log_beta, log1m_beta)
+    term, g = _element(a, t, b, q, KIND, beta, log_beta, log1m_beta)
     term = tl.where(inside, term, 0.0)
     g = tl.where(inside & kept, g, 0.0)
     return term, g, xp
@@ -199,10 +184,11 @@ def _tile(
 
 @triton.jit
 def _softmax_grad(g, xp, sum_g, p_lse, factor, PRED_FORMAT: tl.constexpr, CLIP: tl.constexpr, epsilon, inv_t):
-    """Through ``c = log_softmax(u / T)``: ``(g'_k − softmax_k · Σ_j g'_j) · factor`` (``factor`` is
-    ``coef / T``), and ``/ p`` more where ``u = log clip(p)`` (0 where the clip acted or ``p = 0``)."""
+    """Through ``c = log_softmax(u / T)``: :func:`kldiv.core.grads.softmax_chain`,
+    ``(g'_k − softmax_k · Σ_j g'_j) · factor`` (``factor`` is ``coef / T``), and ``/ p`` more where
+    ``u = log clip(p)`` (0 where the clip acted or ``p = 0``)."""
     softmax = tl.exp(_raw_log(xp, PRED_FORMAT, CLIP, epsilon) * inv_t - p_lse)
-    out = (g - softmax * sum_g) * factor
+    out = softmax_chain(g, softmax, sum_g, factor)
     if PRED_FORMAT == "probs":
         unclipped = xp == tl.clamp(xp, epsilon, 1.0) if CLIP else xp != 0.0
         out = tl.where(unclipped, out / xp, 0.0)
