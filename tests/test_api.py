@@ -270,10 +270,15 @@ def test_sample_weight_that_does_not_fit(weight_shape):
     assert "`sample_weight`" in message and str(weight_shape) in message and "(2, 3)" in message
 
 
-@pytest.mark.parametrize("name", ["", None, 3])
+@pytest.mark.parametrize("name", ["", 3, ["kl"]])
 def test_bad_name(name):
     with pytest.raises(TypeError, match="`name`"):
         kldiv.KLDivergence(name=name)
+
+
+def test_name_none_is_the_default_name_as_in_keras():
+    assert kldiv.KLDivergence(name=None).name == "kl_divergence"
+    assert kldiv.JSDivergence(name=None).name == "js_divergence"
 
 
 # --- doctests ------------------------------------------------------------------------------------------

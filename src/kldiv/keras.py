@@ -46,7 +46,6 @@ class _KerasDivergence(keras.losses.Loss):
     """A Keras 3 loss whose ``call`` is a kldiv per-sample divergence."""
 
     _agnostic: ClassVar[type[_losses._DivergenceLoss]]
-    _default_name: ClassVar[str]
 
     def __init__(
         self,
@@ -57,7 +56,7 @@ class _KerasDivergence(keras.losses.Loss):
     ) -> None:
         if reduction == "auto":
             reduction = "sum_over_batch_size"
-        super().__init__(name=name or self._default_name, reduction=reduction, dtype=dtype)
+        super().__init__(name=name or self._agnostic._DEFAULT_NAME, reduction=reduction, dtype=dtype)
         self._dtype_argument = dtype
         # The framework-agnostic loss validates the options and owns them (and their config keys).
         self._kldiv = self._agnostic(reduction="none", name=self.name, **options)
@@ -108,7 +107,6 @@ class KLDivergence(_KerasDivergence):
     """
 
     _agnostic = _losses.KLDivergence
-    _default_name = "kl_divergence"
 
 
 @keras.saving.register_keras_serializable(package="kldiv")
@@ -120,4 +118,3 @@ class JSDivergence(_KerasDivergence):
     """
 
     _agnostic = _losses.JSDivergence
-    _default_name = "js_divergence"

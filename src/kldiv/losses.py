@@ -14,7 +14,7 @@ from . import _distribute, _evaluate, _validate
 from ._prepare import Prepared, prepare
 from .core.reductions import KERAS3_REDUCTIONS, host_gradient, reduce_weighted
 from .kernels import dispatch
-from .options import OptionArguments, Options
+from .options import NOT_OPTIONS, OptionArguments, Options
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -136,13 +136,19 @@ def js_divergence(
 class _DivergenceLoss:
     """A Keras-style loss object: options at construction, ``__call__`` weights and reduces."""
 
-    _NOT_OPTIONS: ClassVar[tuple[str, ...]]
-    """The :class:`Options` field this loss does not take (the other divergence's parameter)."""
+    _DIVERGENCE: ClassVar[str]
+    """``"kl"`` or ``"js"`` (:meth:`Options.of`)."""
+    _DEFAULT_NAME: ClassVar[str]
 
-    def __init__(self, reduction: str | None, name: str, options: Options) -> None:
+    def __init__(
+        self, reduction: str | None = "auto", name: str | None = None, **options: Unpack[OptionArguments]
+    ) -> None:
+        """``reduction`` (a :class:`kldiv.Reduction` value, default ``"auto"``), ``name`` (default
+        ``"kl_divergence"`` / ``"js_divergence"``) and the options of :func:`kl_divergence` /
+        :func:`js_divergence`, the same names and defaults."""
         self.reduction = _validate.reduction(reduction)
-        self.name = _validate.name(name)
-        self.options = options
+        self.name = _validate.name(self._DEFAULT_NAME if name is None else name)
+        self.options = Options.of(self._DIVERGENCE, options)
 
     def __call__(
         self,
@@ -199,7 +205,11 @@ class _DivergenceLoss:
 
     def get_config(self) -> dict[str, Any]:
         """Every option: ``type(loss).from_config(loss.get_config())`` is an equal loss."""
-        return {"reduction": self.reduction, "name": self.name, **self.options.config(self._NOT_OPTIONS)}
+        return {
+            "reduction": self.reduction,
+            "name": self.name,
+            **self.options.config(NOT_OPTIONS[self._DIVERGENCE]),
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Any:
@@ -250,15 +260,8 @@ class KLDivergence(_DivergenceLoss):
         0.916
     """
 
-    _NOT_OPTIONS = ("beta",)
-
-    def __init__(
-        self,
-        reduction: str | None = "auto",
-        name: str = "kl_divergence",
-        **options: Unpack[OptionArguments],
-    ) -> None:
-        super().__init__(reduction, name, Options.of("kl", options))
+    _DIVERGENCE = "kl"
+    _DEFAULT_NAME = "kl_divergence"
 
 
 class JSDivergence(_DivergenceLoss):
@@ -272,15 +275,25 @@ class JSDivergence(_DivergenceLoss):
         0.693147
     """
 
-    _NOT_OPTIONS = ("direction",)
+    _DIVERGENCE = "js"
+    _DEFAULT_NAME = "js_divergence"
 
-    def __init__(
-        self,
-        reduction: str | None = "auto",
-        name: str = "js_divergence",
-        **options: Unpack[OptionArguments],
-    ) -> None:
-        super().__init__(reduction, name, Options.of("js", options))
+
+class Wrapper:
+    """A framework's loss object that holds a kldiv loss as ``self.loss`` (the ``nn.Module`` losses):
+    its options and reduction are that loss's."""
+
+    __slots__ = ()
+    loss: _DivergenceLoss
+
+    @property
+    def options(self) -> Options:
+        """The validated :class:`kldiv.Options`."""
+        return self.loss.options
+
+    @property
+    def reduction(self) -> str | None:
+        return self.loss.reduction
 
 
 def functional(

@@ -113,10 +113,7 @@ class Options:
         Raises:
             TypeError: an option this loss does not take.
         """
-        refused = {
-            "kl": {"beta": "no `beta` for a KL divergence (it selects the Jensen–Shannon divergence)"},
-            "js": {"direction": "no `direction` for the Jensen–Shannon divergence (use a KL loss for it)"},
-        }[divergence]
+        refused = dict(_REFUSED[divergence])
         refused.update(
             {name: f"no `{name}`: this loss fixes it to {value!r}" for name, value in (fixed or {}).items()}
         )
@@ -147,6 +144,13 @@ class Options:
 
 
 FIELDS = dataclasses.fields(Options)
+
+_REFUSED = {
+    "kl": {"beta": "no `beta` for a KL divergence (it selects the Jensen–Shannon divergence)"},
+    "js": {"direction": "no `direction` for the Jensen–Shannon divergence (use a KL loss for it)"},
+}
+NOT_OPTIONS = {divergence: tuple(refused) for divergence, refused in _REFUSED.items()}
+"""The :class:`Options` field a loss of each divergence does not take (the other one's parameter)."""
 
 
 class OptionArguments(TypedDict, total=False):

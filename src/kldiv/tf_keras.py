@@ -41,10 +41,9 @@ class _TfKerasDivergence(tf_keras.losses.Loss):
     """A tf_keras loss whose ``call`` is a kldiv per-sample divergence."""
 
     _agnostic: ClassVar[type[_losses._DivergenceLoss]]
-    _default_name: ClassVar[str]
 
     def __init__(self, reduction: str = "auto", name: str | None = None, **options: Any) -> None:
-        super().__init__(reduction=reduction, name=name or self._default_name)
+        super().__init__(reduction=reduction, name=name or self._agnostic._DEFAULT_NAME)
         # The framework-agnostic loss validates the options and owns them (and their config keys).
         self._kldiv = self._agnostic(reduction="none", name=self.name, **options)
 
@@ -94,7 +93,6 @@ class KLDivergence(_TfKerasDivergence):
     """
 
     _agnostic = _losses.KLDivergence
-    _default_name = "kl_divergence"
 
 
 @tf_keras.saving.register_keras_serializable(package="kldiv")
@@ -105,4 +103,3 @@ class JSDivergence(_TfKerasDivergence):
     """
 
     _agnostic = _losses.JSDivergence
-    _default_name = "js_divergence"

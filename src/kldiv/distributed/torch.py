@@ -199,11 +199,10 @@ class _SharedGroup:
         )
 
 
-class _VocabParallelLoss(torch.nn.Module):
+class _VocabParallelLoss(torch.nn.Module, _losses.Wrapper):
     """A vocabulary-parallel ``nn.Module`` loss over a framework-agnostic kldiv loss's options."""
 
     _agnostic: ClassVar[type[_losses._DivergenceLoss]]
-    _default_name: ClassVar[str]
 
     def __init__(
         self, reduction: str | None = "auto", name: str | None = None, *, group: Any = None, **options: Any
@@ -212,20 +211,11 @@ class _VocabParallelLoss(torch.nn.Module):
         if "backend" in options:  # the collective program is the only implementation
             raise TypeError(f"{type(self).__name__} got an unexpected keyword argument 'backend'.")
         options = {"y_true_format": "logits", "y_pred_format": "logits", **options, "backend": "core"}
-        self.loss = self._agnostic(reduction=reduction, name=name or self._default_name, **options)
+        self.loss = self._agnostic(reduction=reduction, name=name, **options)
         _vocab.check_formats(self.loss.options.y_true_format, self.loss.options.y_pred_format)
         self._group = None if group is None else _SharedGroup(group, type(self).__name__)
         self._spec = _vocab.Spec.from_options(self.loss.options)
         self._options_code = _options_code(self.loss)
-
-    @property
-    def options(self) -> Any:
-        """The validated :class:`kldiv.Options`."""
-        return self.loss.options
-
-    @property
-    def reduction(self) -> str | None:
-        return self.loss.reduction
 
     @property
     def group(self) -> Any:
@@ -395,7 +385,6 @@ class VocabParallelKLDivergence(_VocabParallelLoss):
     """
 
     _agnostic = _losses.KLDivergence
-    _default_name = "kl_divergence"
 
 
 class VocabParallelJSDivergence(_VocabParallelLoss):
@@ -411,4 +400,3 @@ class VocabParallelJSDivergence(_VocabParallelLoss):
     """
 
     _agnostic = _losses.JSDivergence
-    _default_name = "js_divergence"

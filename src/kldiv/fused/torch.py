@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core import chunking
-from ..options import OptionArguments, Options, changed
+from ..options import NOT_OPTIONS, OptionArguments, Options, changed
 from . import _torch_chunks
 from ._torch_chunks import Inputs
 
@@ -63,11 +63,8 @@ _FIXED = {
 """Options these losses fix: both inputs are logits, the vocabulary is last."""
 
 
-
-
 class _Divergence(torch.nn.Module):
     _DIVERGENCE = "kl"
-    _NOT_OPTIONS: tuple[str, ...] = ("beta",)
 
     def __init__(
         self,
@@ -99,7 +96,11 @@ class _Divergence(torch.nn.Module):
     def get_config(self) -> dict[str, Any]:
         """``reduction``, every option and the chunking settings; ``type(m)(**m.get_config())`` is equal."""
         chunks = {key: getattr(self, key) for key in _CHUNKING}
-        return {"reduction": self.reduction, **self.options.config((*_FIXED, *self._NOT_OPTIONS)), **chunks}
+        return {
+            "reduction": self.reduction,
+            **self.options.config((*_FIXED, *NOT_OPTIONS[self._DIVERGENCE])),
+            **chunks,
+        }
 
     def extra_repr(self) -> str:
         return changed(self.get_config(), type(self)().get_config())
@@ -220,7 +221,6 @@ class FusedLinearJSDivergence(FusedLinearKLDivergence):
     (``beta`` as :func:`kldiv.js_divergence`, default 0.5)."""
 
     _DIVERGENCE = "js"
-    _NOT_OPTIONS = ("direction",)
 
 
 def _chunked(module_type, teacher_logits, student_logits, **kwargs) -> torch.Tensor:

@@ -73,15 +73,14 @@ def _overrides(options: dict[str, Any], autocast: bool) -> dict[str, Any]:
     return {"dtype": "float32"} if autocast and options.get("dtype") is None else {}
 
 
-class _TorchDivergence(torch.nn.Module):
+class _TorchDivergence(torch.nn.Module, _losses.Wrapper):
     """An ``nn.Module`` whose ``forward`` is a framework-agnostic kldiv loss object's ``__call__``."""
 
     _agnostic: ClassVar[type[_losses._DivergenceLoss]]
-    _default_name: ClassVar[str]
 
     def __init__(self, reduction: str | None = "auto", name: str | None = None, **options: Any) -> None:
         super().__init__()
-        self.loss = self._agnostic(reduction=reduction, name=name or self._default_name, **options)
+        self.loss = self._agnostic(reduction=reduction, name=name, **options)
         # The loss with and without the autocast override, built here so that nothing is
         # constructed while torch.compile traces.
         config = self.loss.get_config()
@@ -91,15 +90,6 @@ class _TorchDivergence(torch.nn.Module):
             else self.loss
             for autocast in (False, True)
         }
-
-    @property
-    def options(self) -> Any:
-        """The validated :class:`kldiv.Options`."""
-        return self.loss.options
-
-    @property
-    def reduction(self) -> str | None:
-        return self.loss.reduction
 
     def forward(
         self,
@@ -143,7 +133,6 @@ class KLDivergence(_TorchDivergence):
     """
 
     _agnostic = _losses.KLDivergence
-    _default_name = "kl_divergence"
 
 
 class JSDivergence(_TorchDivergence):
@@ -153,7 +142,6 @@ class JSDivergence(_TorchDivergence):
     """
 
     _agnostic = _losses.JSDivergence
-    _default_name = "js_divergence"
 
 
 kl_divergence = _losses.functional(
