@@ -131,6 +131,18 @@ class Options:
     def as_dict(self) -> dict[str, Any]:
         return self.config()
 
+    def formula_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of the per-sample formula — :func:`kldiv.core.divergences.divergence`
+        and the kernels' ``fused_rows`` / ``fused_rows_triton``, which must equal it."""
+        return {
+            "true_format": self.y_true_format,
+            "pred_format": self.y_pred_format,
+            "direction": self.direction,
+            "beta": self.beta,
+            "epsilon": self.epsilon,
+            "temperature": self.temperature,
+        }
+
     @property
     def loss_scale(self) -> float:
         """``T²`` with ``scale_by_temperature_squared`` (Hinton et al.), else 1: the one factor every

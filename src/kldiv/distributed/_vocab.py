@@ -32,12 +32,12 @@ in distillation. This module imports no framework: :mod:`kldiv.distributed.torch
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Protocol
 
 from ..core import grads
 from ..core.divergences import log_softmax
+from ..options import Options
 
 Array = Any
 Namespace = Any
@@ -53,31 +53,9 @@ class Collectives(Protocol):
     def all_sum(self, x: Array) -> Array: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """The options the per-row program needs (from :class:`kldiv.Options`)."""
-
-    true_format: str
-    pred_format: str
-    epsilon: float
-    temperature: float
-    direction: str
-    beta: float | None
-
-    @classmethod
-    def from_options(cls, options: Any) -> Spec:
-        return cls(
-            true_format=options.y_true_format,
-            pred_format=options.y_pred_format,
-            epsilon=options.epsilon,
-            temperature=options.temperature,
-            direction=options.direction,
-            beta=options.beta,
-        )
-
-    def needs_lse(self, fmt: str) -> bool:
-        """Whether a side in format ``fmt`` goes through a (global) log-softmax."""
-        return fmt == "logits" or self.temperature != 1.0
+def needs_lse(options: Options, fmt: str) -> bool:
+    """Whether a side in format ``fmt`` goes through a (global) log-softmax."""
+    return fmt == "logits" or options.temperature != 1.0
 
 
 def check_formats(y_true_format: str, y_pred_format: str) -> None:
@@ -90,32 +68,32 @@ def check_formats(y_true_format: str, y_pred_format: str) -> None:
             )
 
 
-def _kl_terms(xp: Namespace, a: Array, b: Array, spec: Spec) -> tuple[Array, Array]:
+def _kl_terms(xp: Namespace, a: Array, b: Array, options: Options) -> tuple[Array, Array]:
     """Forward / reverse / symmetric KL: ``(ℓ_j, ∂ℓ/∂b_j)`` from :func:`kldiv.core.grads.forward_element`
     and ``reverse_element`` (exact mode masks the entries where the distribution in front of the log
     is 0, ``log 0 = -inf``)."""
     formulas = grads.array_formulas(xp)
-    exact = spec.epsilon == 0
+    exact = options.epsilon == 0
     term = g = xp.zeros_like(b)
-    if spec.direction in ("forward", "symmetric"):
+    if options.direction in ("forward", "symmetric"):
         zero = a == -math.inf if exact else None
         forward, forward_g = formulas.forward_element(xp.exp(a), a, b, zero)
         term, g = term + forward, g + forward_g
-    if spec.direction in ("reverse", "symmetric"):
+    if options.direction in ("reverse", "symmetric"):
         zero = b == -math.inf if exact else None
         reverse, reverse_g = formulas.reverse_element(xp.exp(b), a, b, zero)
         term, g = term + reverse, g + reverse_g
     return term, g
 
 
-def _js_terms(xp: Namespace, a: Array, b: Array, spec: Spec) -> tuple[Array, Array]:
+def _js_terms(xp: Namespace, a: Array, b: Array, options: Options) -> tuple[Array, Array]:
     """``JS_β``: ``(ℓ_j, ∂ℓ/∂b_j)`` from :func:`kldiv.core.grads.js_element` (``m`` a ``logaddexp``,
     exact mode's zeros masked). ``β ∈ {0, 1}`` gives exactly 0."""
-    beta = spec.beta
+    beta = options.beta
     if beta in (0.0, 1.0):
         zero = xp.zeros_like(b)
         return zero, zero
-    exact = spec.epsilon == 0
+    exact = options.epsilon == 0
     t_zero = a == -math.inf if exact else None
     q_zero = b == -math.inf if exact else None
     formulas = grads.array_formulas(xp)
@@ -125,15 +103,17 @@ def _js_terms(xp: Namespace, a: Array, b: Array, spec: Spec) -> tuple[Array, Arr
 
 
 def log_probs(
-    xp: Namespace, teacher: Array, student: Array, spec: Spec, comm: Collectives
+    xp: Namespace, teacher: Array, student: Array, options: Options, comm: Collectives
 ) -> tuple[Array, Array]:
     """``(c_teacher, c_student)``: the local entries of each side's log-probabilities over the full rows.
 
     ``x / T``, then a global log-softmax for the sides that need one (both share the all-reduces).
     """
-    temperature = spec.temperature
+    temperature = options.temperature
     sides = [x if temperature == 1.0 else x / temperature for x in (teacher, student)]
-    lse_sides = [i for i, fmt in enumerate((spec.true_format, spec.pred_format)) if spec.needs_lse(fmt)]
+    lse_sides = [
+        i for i, fmt in enumerate((options.y_true_format, options.y_pred_format)) if needs_lse(options, fmt)
+    ]
     if lse_sides:
         stacked = xp.stack([sides[i] for i in lse_sides])  # one all_max and one all_sum for both
         normalised = log_softmax(xp, stacked, -1, all_max=comm.all_max, all_sum=comm.all_sum)
@@ -142,33 +122,33 @@ def log_probs(
     return sides[0], sides[1]
 
 
-def local_terms(xp: Namespace, c_teacher: Array, c_student: Array, spec: Spec) -> tuple[Array, Array]:
+def local_terms(xp: Namespace, c_teacher: Array, c_student: Array, options: Options) -> tuple[Array, Array]:
     """``(Σ_j ℓ_j, g')`` over the local entries: the row's partial divergence and ``g'_j = ∂ℓ/∂c_j``.
 
     Keras mode clips both sides to ``[log ε, 0]`` first and passes no gradient where the clip acts
     (``g'_j = g_j · [b_j = c_j]``); exact mode masks zero probabilities. No communication.
     """
     a, b = c_teacher, c_student
-    if spec.epsilon > 0:
-        low = math.log(spec.epsilon)
+    if options.epsilon > 0:
+        low = math.log(options.epsilon)
         a, b = xp.clip(a, low, 0.0), xp.clip(b, low, 0.0)
-    terms = _js_terms if spec.beta is not None else _kl_terms
-    term, g = terms(xp, a, b, spec)
-    if spec.epsilon > 0:
+    terms = _js_terms if options.beta is not None else _kl_terms
+    term, g = terms(xp, a, b, options)
+    if options.epsilon > 0:
         g = xp.where(b == c_student, g, xp.zeros_like(g))  # Keras' clip passes no gradient
     return xp.sum(term, axis=-1), g
 
 
 def row_divergence(
-    xp: Namespace, teacher: Array, student: Array, spec: Spec, comm: Collectives
+    xp: Namespace, teacher: Array, student: Array, options: Options, comm: Collectives
 ) -> tuple[Array, Array]:
     """Per-row divergence (identical on every participant) and its gradient w.r.t. the local student.
 
     Args:
         xp: the array namespace of the inputs.
-        teacher: local teacher shard ``[..., V_r]`` (``spec.true_format``), vocabulary last.
-        student: local student shard of the same shape (``spec.pred_format``).
-        spec: the options.
+        teacher: local teacher shard ``[..., V_r]`` (``options.y_true_format``), vocabulary last.
+        student: local student shard of the same shape (``options.y_pred_format``).
+        options: the options.
         comm: the all-reduces over the participants.
 
     Returns:
@@ -176,11 +156,11 @@ def row_divergence(
         is ``∂ values / ∂ student`` for the local entries (one row's value depends only on its row),
         by the log-softmax chain rule ``(g'_j − exp(c_j) · G) / T`` with ``G`` all-reduced.
     """
-    c_teacher, c_student = log_probs(xp, teacher, student, spec, comm)
-    partial, g = local_terms(xp, c_teacher, c_student, spec)
+    c_teacher, c_student = log_probs(xp, teacher, student, options, comm)
+    partial, g = local_terms(xp, c_teacher, c_student, options)
     totals = comm.all_sum(xp.stack([partial, xp.sum(g, axis=-1)]))
     values, g_sum = totals[0], totals[1]
-    if not spec.needs_lse(spec.pred_format):
+    if not needs_lse(options, options.y_pred_format):
         return values, g
     softmax, g_sum = xp.exp(c_student), xp.expand_dims(g_sum, axis=-1)
-    return values, grads.array_formulas(xp).softmax_chain(g, softmax, g_sum, 1.0 / spec.temperature)
+    return values, grads.array_formulas(xp).softmax_chain(g, softmax, g_sum, 1.0 / options.temperature)

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 
 from kldiv import losses as _losses
 
+from ..options import Options
 from . import _loss, _vocab
 
 __all__ = ["global_num_items", "vocab_parallel_js_divergence", "vocab_parallel_kl_divergence"]
@@ -86,16 +87,16 @@ class _Collectives:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _partial_rows(c_teacher: Array, c_student: Array, spec: _vocab.Spec) -> Array:
+def _partial_rows(c_teacher: Array, c_student: Array, options: Options) -> Array:
     """``Σ_j ℓ_j`` over the local entries (:func:`kldiv.distributed._vocab.local_terms`)."""
-    return _vocab.local_terms(jnp, c_teacher, c_student, spec)[0]
+    return _vocab.local_terms(jnp, c_teacher, c_student, options)[0]
 
 
-def _partial_rows_fwd(c_teacher: Array, c_student: Array, spec: _vocab.Spec) -> tuple[Array, Array]:
-    return _vocab.local_terms(jnp, c_teacher, c_student, spec)
+def _partial_rows_fwd(c_teacher: Array, c_student: Array, options: Options) -> tuple[Array, Array]:
+    return _vocab.local_terms(jnp, c_teacher, c_student, options)
 
 
-def _partial_rows_bwd(spec: _vocab.Spec, g: Array, upstream: Array) -> tuple[Array, Array]:
+def _partial_rows_bwd(options: Options, g: Array, upstream: Array) -> tuple[Array, Array]:
     """Closed form: ``upstream · g'`` for the student log-probabilities, 0 for the teacher."""
     return jnp.zeros_like(g), upstream[..., None] * g
 
@@ -103,7 +104,7 @@ def _partial_rows_bwd(spec: _vocab.Spec, g: Array, upstream: Array) -> tuple[Arr
 _partial_rows.defvjp(_partial_rows_fwd, _partial_rows_bwd)
 
 
-def _rows(teacher: Array, student: Array, spec: _vocab.Spec, axis_name: AxisName) -> Array:
+def _rows(teacher: Array, student: Array, options: Options, axis_name: AxisName) -> Array:
     """Per-row divergence of vocabulary shards, the same on every shard of ``axis_name``.
 
     The local, element-wise part has the closed-form gradient of :mod:`kldiv.core.grads`
@@ -111,8 +112,8 @@ def _rows(teacher: Array, student: Array, spec: _vocab.Spec, axis_name: AxisName
     transposes the collectives — correct with and without ``check_vma``, in ``shard_map`` and ``pmap``.
     """
     comm = _Collectives(axis_name)
-    c_teacher, c_student = _vocab.log_probs(jnp, jax.lax.stop_gradient(teacher), student, spec, comm)
-    return comm.all_sum(_partial_rows(c_teacher, c_student, spec))
+    c_teacher, c_student = _vocab.log_probs(jnp, jax.lax.stop_gradient(teacher), student, options, comm)
+    return comm.all_sum(_partial_rows(c_teacher, c_student, options))
 
 
 def _vocab_parallel(
@@ -135,7 +136,7 @@ def _vocab_parallel(
         num_items=num_items,
         move_axis=lambda x, axis: jnp.moveaxis(x, axis, -1),
     )
-    values = _rows(shards.teacher, shards.student, _vocab.Spec.from_options(loss.options), axis_name)
+    values = _rows(shards.teacher, shards.student, loss.options, axis_name)
     return _loss.reduce(loss, shards, values, sample_weight)
 
 
@@ -144,18 +145,35 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     return {"y_true_format": "logits", "y_pred_format": "logits", **options, "backend": "core"}
 
 
-def vocab_parallel_kl_divergence(
-    teacher_logits: Array,
-    student_logits: Array,
-    sample_weight: Array | None = None,
-    *,
-    axis_name: AxisName,
-    reduction: str | None = "none",
-    mask: Array | None = None,
-    labels: Array | None = None,
-    num_items: Any = None,
-    **options: Any,
-) -> Array:
+def _vocab_parallel_function(loss_type: type[_losses._DivergenceLoss], name: str, doc: str) -> Any:
+    """The vocabulary-parallel functional form of ``loss_type`` (both divergences share it)."""
+
+    def divergence(
+        teacher_logits: Array,
+        student_logits: Array,
+        sample_weight: Array | None = None,
+        *,
+        axis_name: AxisName,
+        reduction: str | None = "none",
+        mask: Array | None = None,
+        labels: Array | None = None,
+        num_items: Any = None,
+        **options: Any,
+    ) -> Array:
+        loss = loss_type(reduction=reduction, **_options(options))
+        return _vocab_parallel(
+            loss, teacher_logits, student_logits, sample_weight, axis_name, mask, labels, num_items
+        )
+
+    divergence.__name__ = divergence.__qualname__ = name
+    divergence.__doc__ = doc
+    divergence.__module__ = __name__
+    return divergence
+
+
+vocab_parallel_kl_divergence = _vocab_parallel_function(
+    _losses.KLDivergence,
+    "vocab_parallel_kl_divergence",
     """KL divergence of teacher and student shards ``[..., V_r]`` sharded over the mesh axis ``axis_name``.
 
     Call inside ``shard_map``. Returns what :func:`kldiv.jax.kl_divergence` with the same options returns
@@ -175,25 +193,12 @@ def vocab_parallel_kl_divergence(
     Raises:
         ValueError: a bad option, a format other than logits / log-probabilities, shards of different
             shapes.
-    """
-    loss = _losses.KLDivergence(reduction=reduction, **_options(options))
-    return _vocab_parallel(
-        loss, teacher_logits, student_logits, sample_weight, axis_name, mask, labels, num_items
-    )
+    """,
+)
 
-
-def vocab_parallel_js_divergence(
-    teacher_logits: Array,
-    student_logits: Array,
-    sample_weight: Array | None = None,
-    *,
-    axis_name: AxisName,
-    reduction: str | None = "none",
-    mask: Array | None = None,
-    labels: Array | None = None,
-    num_items: Any = None,
-    **options: Any,
-) -> Array:
+vocab_parallel_js_divergence = _vocab_parallel_function(
+    _losses.JSDivergence,
+    "vocab_parallel_js_divergence",
     r"""Generalized Jensen–Shannon divergence ``JS_β(teacher, student)`` of vocabulary shards.
 
     .. math:: \mathrm{JS}_\beta(P, Q) = \beta\,\mathrm{KL}(P\|M) + (1-\beta)\,\mathrm{KL}(Q\|M),
@@ -201,8 +206,5 @@ def vocab_parallel_js_divergence(
 
     Options as :class:`kldiv.JSDivergence` (``beta=0.5`` by default); the rest as
     :func:`vocab_parallel_kl_divergence`.
-    """
-    loss = _losses.JSDivergence(reduction=reduction, **_options(options))
-    return _vocab_parallel(
-        loss, teacher_logits, student_logits, sample_weight, axis_name, mask, labels, num_items
-    )
+    """,
+)

@@ -140,9 +140,9 @@ class _VocabParallelRows(torch.autograd.Function):
     gradient in the backward pass, which communicates nothing."""
 
     @staticmethod
-    def forward(ctx: Any, teacher: Tensor, student: Tensor, xp: Any, spec: Any, group: Any) -> Tensor:
+    def forward(ctx: Any, teacher: Tensor, student: Tensor, xp: Any, options: Any, group: Any) -> Tensor:
         values, grad = _vocab.row_divergence(
-            xp, teacher.detach(), student.detach(), spec, _TorchCollectives(group)
+            xp, teacher.detach(), student.detach(), options, _TorchCollectives(group)
         )
         ctx.save_for_backward(grad if ctx.needs_input_grad[1] else None)
         return values
@@ -214,7 +214,6 @@ class _VocabParallelLoss(torch.nn.Module, _losses.Wrapper):
         self.loss = self._agnostic(reduction=reduction, name=name, **options)
         _vocab.check_formats(self.loss.options.y_true_format, self.loss.options.y_pred_format)
         self._group = None if group is None else _SharedGroup(group, type(self).__name__)
-        self._spec = _vocab.Spec.from_options(self.loss.options)
         self._options_code = _options_code(self.loss)
 
     @property
@@ -268,7 +267,7 @@ class _VocabParallelLoss(torch.nn.Module, _losses.Wrapper):
             shards, local_error = None, error
         self._agree(shards, local_error, student_logits)
         assert shards is not None  # _agree raised otherwise
-        values = _VocabParallelRows.apply(shards.teacher, shards.student, shards.xp, self._spec, self.group)
+        values = _VocabParallelRows.apply(shards.teacher, shards.student, shards.xp, self.options, self.group)
         return _loss.reduce(self.loss, shards, values, sample_weight)
 
     def _agree(self, shards: _loss.Shards | None, local_error: Exception | None, like: Any) -> None:

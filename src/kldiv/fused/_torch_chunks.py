@@ -191,7 +191,7 @@ def _chunk_by_numba(config, inputs, coef, keep, want, chunk, workspace):
         keep[chunk].numpy(),
         want_grad=want_grad,
         out=None if out is None else out.numpy(),
-        **dispatch.kernel_arguments(config.options),
+        **config.options.formula_arguments(),
     )
     gradients = {} if grad is None else {"student": torch.from_numpy(grad)}
     return torch.from_numpy(values), gradients
@@ -216,7 +216,7 @@ def _chunk_by_triton(config, inputs, coef, keep, want, chunk, workspace):
         keep[chunk],
         want_grad=want_grad,
         out=out,
-        **dispatch.kernel_arguments(config.options),
+        **config.options.formula_arguments(),
     )
     return values, {} if grad is None else {"student": grad}
 

@@ -227,18 +227,6 @@ def auto_threshold(request: Request) -> int:
     return AUTO_THRESHOLD_GRAD if request.y_pred_grad else AUTO_THRESHOLD
 
 
-def kernel_arguments(options: Any) -> dict[str, Any]:
-    """The keyword arguments of ``fused_rows`` / ``fused_rows_triton`` for these options."""
-    return {
-        "true_format": options.y_true_format,
-        "pred_format": options.y_pred_format,
-        "direction": options.direction,
-        "beta": options.beta,
-        "epsilon": options.epsilon,
-        "temperature": options.temperature,
-    }
-
-
 def _dynamo_tracing() -> bool:
     """True while ``torch.compile`` traces (checked only when torch is already imported)."""
     torch = sys.modules.get("torch")

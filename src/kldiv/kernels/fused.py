@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from .dispatch import kernel_arguments
-
 
 def per_sample_numpy(
     options: Any, y_true: np.ndarray, y_pred: np.ndarray, keep: Any, axis: int
@@ -35,7 +33,7 @@ def per_sample_numpy(
         np.ones(rows),
         keep_rows,
         want_grad=False,
-        **kernel_arguments(options),
+        **options.formula_arguments(),
     )
     values *= options.loss_scale
     return values.astype(p.dtype, copy=False).reshape(batch_shape)

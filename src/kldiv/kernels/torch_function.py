@@ -22,8 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .dispatch import kernel_arguments
-
 
 def _fused_rows(
     triton: bool,
@@ -44,7 +42,7 @@ def _fused_rows(
 
         if not isinstance(coef, torch.Tensor):
             coef = torch.full((rows,), coef, dtype=torch.float64, device=p.device)
-        return fused_rows_triton(t, p, coef, keep_rows, want_grad=want_grad, **kernel_arguments(options))
+        return fused_rows_triton(t, p, coef, keep_rows, want_grad=want_grad, **options.formula_arguments())
     from .numba_cpu import fused_rows
 
     values, grad = fused_rows(
@@ -53,7 +51,7 @@ def _fused_rows(
         coef.numpy() if isinstance(coef, torch.Tensor) else np.full(rows, coef),
         None if keep_rows is None else keep_rows.numpy(),
         want_grad=want_grad,
-        **kernel_arguments(options),
+        **options.formula_arguments(),
     )
     return torch.from_numpy(values), None if grad is None else torch.from_numpy(grad)
 
