@@ -34,7 +34,7 @@ clip makes it 0 where the input was clipped.
 
 from __future__ import annotations
 
-import functools
+import builtins
 import math
 import types
 from collections.abc import Callable
@@ -180,7 +180,7 @@ def compile_formulas(
     compiled formulas, then passed to ``decorate`` (``njit(...)``, ``triton.jit``, or the identity for
     an array namespace). The same code objects serve every backend: no formula is re-typed.
     """
-    namespace: dict[str, Any] = {"__name__": __name__, **primitives}
+    namespace: dict[str, Any] = {"__name__": __name__, "__builtins__": builtins, **primitives}
     for name in FORMULAS:
         if name not in primitives:
             source = globals()[name]
@@ -190,13 +190,40 @@ def compile_formulas(
     return types.SimpleNamespace(**{name: namespace[name] for name in FORMULAS})
 
 
-@functools.cache
-def array_formulas(xp: Any) -> types.SimpleNamespace:
-    """The formulas on the arrays of namespace ``xp`` (``xp.where``, ``xp.logaddexp``)."""
+_ARRAY_NAMESPACES: dict[type, Any] = {}
+"""The array namespace of each array type the array formulas have been handed (see below)."""
 
-    def array_where(condition: Any, x: Any, y: Any) -> Any:
-        if condition is None:
-            return y
-        return xp.where(condition, xp.full_like(y, x) if isinstance(x, (int, float)) else x, y)
 
-    return compile_formulas(lambda formula: formula, where=array_where, logaddexp=xp.logaddexp)
+def _namespace_of(x: Any) -> Any:
+    for klass in type(x).__mro__:
+        xp = _ARRAY_NAMESPACES.get(klass)
+        if xp is not None:
+            return xp
+    raise TypeError(f"kldiv.core.grads: no array namespace registered for {type(x).__name__}")
+
+
+def _array_where(condition: Any, x: Any, y: Any) -> Any:
+    if condition is None:
+        return y
+    xp = _namespace_of(y)
+    return xp.where(condition, xp.full_like(y, x) if isinstance(x, (int, float)) else x, y)
+
+
+def _array_logaddexp(a: Any, b: Any) -> Any:
+    return _namespace_of(a).logaddexp(a, b)
+
+
+_ARRAY_FORMULAS = compile_formulas(lambda formula: formula, where=_array_where, logaddexp=_array_logaddexp)
+
+
+def array_formulas(xp: Any, *arrays: Any) -> types.SimpleNamespace:
+    """The formulas on arrays of namespace ``xp`` (``xp.where``, ``xp.logaddexp``), for ``arrays``.
+
+    The array formulas are compiled once, at import: their ``where`` / ``logaddexp`` find the
+    namespace from the operand's type, registered here. (Building them per namespace at run time
+    would create functions, which ``torch.compile`` cannot trace; a dict lookup it can.)
+    """
+    for x in arrays:
+        if type(x) not in _ARRAY_NAMESPACES:
+            _ARRAY_NAMESPACES[type(x)] = xp
+    return _ARRAY_FORMULAS

@@ -72,7 +72,7 @@ def _kl_terms(xp: Namespace, a: Array, b: Array, options: Options) -> tuple[Arra
     """Forward / reverse / symmetric KL: ``(ℓ_j, ∂ℓ/∂b_j)`` from :func:`kldiv.core.grads.forward_element`
     and ``reverse_element`` (exact mode masks the entries where the distribution in front of the log
     is 0, ``log 0 = -inf``)."""
-    formulas = grads.array_formulas(xp)
+    formulas = grads.array_formulas(xp, a, b)
     exact = options.epsilon == 0
     term = g = xp.zeros_like(b)
     if options.direction in ("forward", "symmetric"):
@@ -96,7 +96,7 @@ def _js_terms(xp: Namespace, a: Array, b: Array, options: Options) -> tuple[Arra
     exact = options.epsilon == 0
     t_zero = a == -math.inf if exact else None
     q_zero = b == -math.inf if exact else None
-    formulas = grads.array_formulas(xp)
+    formulas = grads.array_formulas(xp, a, b)
     return formulas.js_element(
         xp.exp(a), xp.exp(b), a, b, t_zero, q_zero, beta, math.log(beta), math.log1p(-beta)
     )
@@ -163,4 +163,4 @@ def row_divergence(
     if not needs_lse(options, options.y_pred_format):
         return values, g
     softmax, g_sum = xp.exp(c_student), xp.expand_dims(g_sum, axis=-1)
-    return values, grads.array_formulas(xp).softmax_chain(g, softmax, g_sum, 1.0 / options.temperature)
+    return values, grads.array_formulas(xp, g).softmax_chain(g, softmax, g_sum, 1.0 / options.temperature)
