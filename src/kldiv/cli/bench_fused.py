@@ -51,12 +51,7 @@ examples:
 
 def build_parser() -> Parser:
     """The parser of ``kldiv bench fused-linear``."""
-    parser = Parser(
-        prog="kldiv bench fused-linear",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = Parser("kldiv bench fused-linear", DESCRIPTION, EPILOG)
     parser.add_argument(
         "--sizes",
         type=arguments.argument(arguments.sizes("BTxHxV", "4096x1024x32000")),

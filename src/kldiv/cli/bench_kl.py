@@ -6,7 +6,6 @@ spreads and the ratios to kldiv fused and to the memory floor, all measured in t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -40,12 +39,7 @@ before anything is measured."""
 
 def build_parser() -> Parser:
     """The parser of ``kldiv bench``."""
-    parser = Parser(
-        prog="kldiv bench",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = Parser("kldiv bench", DESCRIPTION, EPILOG)
     default_sizes = ",".join(f"{r}x{n}" for r, n in DEFAULT_SIZES)
     parser.add_argument(
         "--sizes",

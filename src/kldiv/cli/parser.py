@@ -67,6 +67,14 @@ class UsageError(ValueError):
 class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are raised, so that every error is one line and exit 2."""
 
+    def __init__(self, prog: str, description: str, epilog: str) -> None:
+        super().__init__(
+            prog=prog,
+            description=description,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see 'kldiv --help')")
 
@@ -83,12 +91,7 @@ def _precision(text: str) -> int:
 
 def build_parser() -> Parser:
     """The parser of the default command ``kldiv Y_TRUE Y_PRED [options]``."""
-    parser = Parser(
-        prog="kldiv",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = Parser("kldiv", DESCRIPTION, EPILOG)
     parser.add_argument("y_true", metavar="Y_TRUE", help="target distribution: inline value or file")
     parser.add_argument("y_pred", metavar="Y_PRED", help="predicted distribution: inline value or file")
     _add_library_options(parser)
