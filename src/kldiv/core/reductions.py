@@ -202,3 +202,55 @@ def token_coefficients(
     if reduction == "batchmean":
         return coef / batch_size
     return _divide_no_nan(xp, coef, xp.sum(xp.astype(keep, dtype)))
+
+
+def token_weights(
+    xp: Namespace,
+    reduction: str,
+    rows: int,
+    *,
+    labels: Array | None,
+    mask: Array | None,
+    ignore_index: int,
+    sample_weight: Any,
+    num_items: Any,
+    batch_size: int,
+    scale: float,
+    dtype: Any,
+    device: Any = None,
+) -> tuple[Array, Array]:
+    """``(keep, coef)`` of a flat ``[tokens]`` loss (the chunked and fused-linear paths): the keep-mask
+    from ``labels != ignore_index`` and ``mask``, and :func:`token_coefficients` with the weight and
+    ``num_items`` as arrays of ``dtype`` on ``device``.
+
+    Raises:
+        ValueError: ``labels`` / ``mask`` / ``sample_weight`` with another number of tokens.
+    """
+    keep = xp.ones(rows, dtype=xp.bool, device=device)
+    for argument, value in (("labels", labels), ("mask", mask), ("sample_weight", sample_weight)):
+        shape = tuple(getattr(value, "shape", ()))
+        if shape and math.prod(shape) not in (1, rows):
+            raise ValueError(
+                f"Argument `{argument}`: expected {rows} tokens (or one value); received shape {shape}."
+            )
+    if labels is not None:
+        keep = xp.logical_and(keep, xp.reshape(labels, (-1,)) != ignore_index)
+    if mask is not None:
+        keep = xp.logical_and(keep, xp.astype(xp.reshape(mask, (-1,)), xp.bool))
+    weight = None
+    if sample_weight is not None:
+        weight = xp.reshape(xp.asarray(sample_weight, dtype=dtype, device=device), (-1,))
+        weight = xp.broadcast_to(weight, (rows,))
+    if num_items is not None and not isinstance(num_items, (int, float)):
+        num_items = xp.asarray(num_items, dtype=dtype, device=device)
+    coef = token_coefficients(
+        xp,
+        reduction,
+        keep,
+        sample_weight=weight,
+        num_items=num_items,
+        batch_size=batch_size,
+        scale=scale,
+        dtype=dtype,
+    )
+    return keep, coef

@@ -26,7 +26,7 @@ import torch
 from .. import _namespace
 from .. import losses as _losses
 from ..core import chunking
-from ..core.reductions import token_coefficients
+from ..core.reductions import token_weights
 from ..kernels import dispatch
 from ..options import Options
 
@@ -348,7 +348,8 @@ def loss(
     reduction: str,
     inputs: Inputs,
     *,
-    keep: torch.Tensor,
+    labels: Any,
+    mask: Any,
     sample_weight: Any,
     num_items: Any,
     batch_size: int,
@@ -359,24 +360,23 @@ def loss(
     """The reduced (or, for ``"none"``, per-token) loss of ``inputs``, chunk by chunk, in the
     accumulation dtype (float64 for float64 inputs, else float32)."""
     source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
-    rows, dtype, device = keep.shape[0], source.dtype, source.device
+    rows, dtype, device = source.shape[0], source.dtype, source.device
     logits = inputs.student_logits
     vocab = logits.shape[-1] if logits is not None else inputs.student_weight.shape[0]
     accumulate = torch.float64 if dtype == torch.float64 else torch.float32
-    weight = None
-    if sample_weight is not None:
-        weight = torch.as_tensor(sample_weight, dtype=accumulate, device=device).reshape(-1).expand(rows)
-    if num_items is not None and not isinstance(num_items, (int, float)):
-        num_items = torch.as_tensor(num_items, dtype=accumulate, device=device)
-    coef = token_coefficients(
-        _namespace.namespace_of(keep),
+    keep, coef = token_weights(
+        _namespace.namespace_of(source),
         reduction,
-        keep,
-        sample_weight=weight,
+        rows,
+        labels=labels,
+        mask=mask,
+        ignore_index=options.ignore_index,
+        sample_weight=sample_weight,
         num_items=num_items,
         batch_size=batch_size,
         scale=options.loss_scale,
         dtype=accumulate,
+        device=device,
     )
     kernel = _kernel(options, inputs, dtype, device)
     config = _Config(

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from .. import losses as _losses
 from ..core import chunking
-from ..core.reductions import token_coefficients
+from ..core.reductions import token_weights
 from ..options import Options
 
 __all__ = ["fused_linear_js_divergence", "fused_linear_kl_divergence"]
@@ -74,20 +74,15 @@ def _fused(
     batch_size = student_hidden.shape[0]
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
     rows, vocab = hidden.shape[0], student_weight.shape[0]
-    keep = jnp.ones(rows, dtype=bool)
-    if labels is not None:
-        keep = keep & (labels.reshape(-1) != options.ignore_index)
-    if mask is not None:
-        keep = keep & mask.reshape(-1).astype(bool)
     accumulate = jnp.float64 if hidden.dtype == jnp.float64 else jnp.float32
-    weight = None
-    if sample_weight is not None:
-        weight = jnp.broadcast_to(jnp.asarray(sample_weight, accumulate).reshape(-1), (rows,))
-    coef = token_coefficients(
+    keep, coef = token_weights(
         jnp,
         reduction,
-        keep,
-        sample_weight=weight,
+        rows,
+        labels=labels,
+        mask=mask,
+        ignore_index=options.ignore_index,
+        sample_weight=sample_weight,
         num_items=num_items,
         batch_size=batch_size,
         scale=options.loss_scale,

@@ -109,21 +109,12 @@ class _Divergence(torch.nn.Module):
         self, inputs: Inputs, labels: Any, mask: Any, sample_weight: Any, num_items: Any, batch_size: int
     ):
         source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
-        rows = source.shape[0]
-        keep = torch.ones(rows, dtype=torch.bool, device=source.device)
-        if labels is not None:
-            keep = keep & (labels.reshape(-1) != self.options.ignore_index)
-        if mask is not None:
-            keep = keep & mask.reshape(-1).to(torch.bool)
-        if keep.shape[0] != rows:
-            raise ValueError(
-                f"Arguments `labels` / `mask`: expected {rows} tokens; received {keep.shape[0]}."
-            )
         value = _torch_chunks.loss(
             self.options,
             self.reduction,
             inputs,
-            keep=keep,
+            labels=labels,
+            mask=mask,
             sample_weight=sample_weight,
             num_items=num_items,
             batch_size=batch_size,
