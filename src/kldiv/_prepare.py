@@ -90,9 +90,15 @@ def prepare(
         ValueError: shapes that do not broadcast, an ``axis`` out of range, a ``mask`` / ``labels``
             that does not broadcast to the per-sample loss, or invalid values (``validate=True``).
     """
-    xp = _namespace.common_namespace(y_pred, y_true)
-    y_pred = _namespace.as_array(xp, y_pred)
-    y_true = _namespace.as_array(xp, y_true, like=y_pred)
+    inputs = {}
+    for argument, x in (("y_pred", y_pred), ("y_true", y_true)):
+        _validate.input_object(argument, x)
+        inputs[argument] = _validate.python_value(argument, x) if _namespace.is_python_value(x) else x
+    xp = _namespace.common_namespace(inputs["y_pred"], inputs["y_true"])
+    y_pred = _namespace.as_array(xp, inputs["y_pred"])
+    y_true = _namespace.as_array(xp, inputs["y_true"], like=y_pred)
+    for argument, x in (("y_pred", y_pred), ("y_true", y_true)):
+        _validate.input_dtype(argument, x)
     if options.dtype is not None:
         output_dtype = _namespace.dtype_named(xp, options.dtype)
         y_true, y_pred = _cast(xp, output_dtype, y_true, y_pred)  # Keras 3's loss ``dtype``
@@ -114,6 +120,7 @@ def prepare(
         y_true, y_pred = remove_squeezable_dimensions(xp, y_true, y_pred)
     shape = broadcast_shape(y_true.shape, y_pred.shape)
     _validate.broadcastable(y_true.shape, y_pred.shape, shape)
+    _validate.distribution_axis("y_pred" if y_pred.ndim >= y_true.ndim else "y_true", shape, options.axis)
     axis = _validate.axis_in_range(options.axis, len(shape), shape)
     if options.validate:
         for argument, x, fmt in (

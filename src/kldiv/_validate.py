@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any
 
 from . import errors
@@ -206,4 +207,61 @@ def same_shape(true_shape: Any, pred_shape: Any) -> None:
         raise ValueError(
             f"Arguments `y_true` and `y_pred`: expected equal shapes (validate=True); received "
             f"shapes {tuple(true_shape)} and {tuple(pred_shape)}."
+        )
+
+
+_NOT_ARRAYS = (str, bytes, dict, set, frozenset)
+
+
+def input_object(argument: str, x: object) -> None:
+    """``x`` can be an input array: not None, a string, a mapping or a set (those would become NaN or
+    a NumPy message that names no argument)."""
+    if x is None or isinstance(x, _NOT_ARRAYS):
+        raise TypeError(errors.message(argument, "an array or a (nested) list of numbers", x))
+
+
+def python_value(argument: str, x: object) -> Any:
+    """The NumPy array of a Python list / tuple / scalar (Python floats become float32, as Keras):
+    ragged lists and lists of non-numbers get a message that names the argument."""
+    from ._namespace import as_numpy_input
+
+    try:
+        array = as_numpy_input(x)
+    except (ValueError, TypeError):
+        raise ValueError(
+            errors.message(argument, "a rectangular (nested) list of numbers (every row of one length)", x)
+        ) from None
+    if array.dtype.kind not in "biuf":
+        raise TypeError(errors.message(argument, "a (nested) list of numbers", x))
+    return array
+
+
+def input_dtype(argument: str, x: Any) -> None:
+    """Real numbers only: complex, object, string and date arrays are refused (not silently cast)."""
+    from ._namespace import dtype_name
+
+    name = dtype_name(x.dtype)
+    if name in DTYPE_NAMES:
+        return
+    kind = getattr(x.dtype, "kind", None)  # NumPy and JAX dtypes; torch and TensorFlow have names only
+    real = (
+        kind in ("b", "i", "u", "f") if kind is not None else not name.startswith(("complex", "str", "obj"))
+    )
+    if not real:
+        raise TypeError(errors.message(argument, "an array of real numbers", x))
+
+
+def distribution_axis(argument: str, shape: Any, axis_value: int) -> None:
+    """An input with a distribution axis (at least 1-D); a size-1 axis gets a warning."""
+    if len(shape) == 0:
+        raise ValueError(
+            errors.message(argument, "an array with a distribution axis (at least 1-D), not a scalar", shape)
+        )
+    if -len(shape) <= axis_value < len(shape) and shape[axis_value] == 1:
+        warnings.warn(
+            f"Argument `{argument}`: the distribution axis (axis={axis_value}) has size 1, so each "
+            "'distribution' has a single outcome. If the values along another axis form the "
+            "distribution (e.g. a column of a histogram), pass that axis as `axis` or transpose.",
+            UserWarning,
+            stacklevel=4,
         )

@@ -33,9 +33,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import keras
+from kldiv._extras import require
 
 from . import losses as _losses
+
+keras = require("keras", "kldiv.keras")
 
 __all__ = ["JSDivergence", "KLDivergence"]
 

@@ -16,6 +16,7 @@ value is always honoured.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
@@ -121,7 +122,16 @@ class Options:
             if name in arguments:
                 raise TypeError(errors.message(name, expected, arguments[name]))
         extra = {"beta": 0.5} if divergence == "js" else {}
-        return cls.create(**{**extra, **arguments, **(fixed or {})})
+        options = cls.create(**{**extra, **arguments, **(fixed or {})})
+        if options.beta in (0.0, 1.0):
+            warnings.warn(
+                f"Argument `beta`: JS_β at beta={options.beta} is 0 for every input (the mixture equals "
+                "one of the two distributions). TRL's and Liger's beta=0 / beta=1 mean the forward / "
+                "reverse KL: use a KL loss with direction='forward' / 'reverse' for that.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return options
 
     def config(self, exclude: Iterable[str] = ()) -> dict[str, Any]:
         """The options as a dict of their fields (a loss's ``get_config``), without ``exclude``."""

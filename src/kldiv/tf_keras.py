@@ -27,10 +27,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import tensorflow as tf
-import tf_keras
+from kldiv._extras import require
 
 from . import losses as _losses
+
+tf = require("tensorflow", "kldiv.tf_keras")
+tf_keras = require("tf_keras", "kldiv.tf_keras")
 
 __all__ = ["JSDivergence", "KLDivergence"]
 

@@ -48,13 +48,14 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
 from kldiv import losses as _losses
+from kldiv._extras import require
 
 from ..options import Options
 from . import _loss, _vocab
+
+jax = require("jax", "kldiv.distributed.jax")
+jnp = require("jax.numpy", "kldiv.distributed.jax")
 
 __all__ = ["global_num_items", "vocab_parallel_js_divergence", "vocab_parallel_kl_divergence"]
 

@@ -40,13 +40,14 @@ import zlib
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import torch
-import torch.distributed as dist
-
 from kldiv import losses as _losses
+from kldiv._extras import require
 from kldiv.options import changed
 
 from . import _loss, _vocab
+
+torch = require("torch", "kldiv.distributed.torch")
+dist = require("torch.distributed", "kldiv.distributed.torch")
 
 __all__ = ["VocabParallelJSDivergence", "VocabParallelKLDivergence", "global_num_items"]
 

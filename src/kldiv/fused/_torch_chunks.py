@@ -21,14 +21,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from .. import _namespace
 from .. import losses as _losses
+from .._extras import require
 from ..core import chunking
 from ..core.reductions import token_weights
 from ..kernels import dispatch
 from ..options import Options
+
+torch = require("torch", "kldiv.fused.torch")
 
 # Chunks that form logits with a matmul get at least this many tokens: below it, each chunk's passes
 # over the [V, H] weight (three products per chunk) cost more than the memory saved (measured at

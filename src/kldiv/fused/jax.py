@@ -17,13 +17,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
-import jax.numpy as jnp
+from kldiv._extras import require
 
 from .. import losses as _losses
 from ..core import chunking
 from ..core.reductions import token_weights
 from ..options import Options
+
+jax = require("jax", "kldiv.fused.jax")
+jnp = require("jax.numpy", "kldiv.fused.jax")
 
 __all__ = ["fused_linear_js_divergence", "fused_linear_kl_divergence"]
 

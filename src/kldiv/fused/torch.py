@@ -33,12 +33,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
+from kldiv._extras import require
 
 from ..core import chunking
 from ..options import NOT_OPTIONS, OptionArguments, Options, changed
 from . import _torch_chunks
 from ._torch_chunks import Inputs
+
+torch = require("torch", "kldiv.fused.torch")
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -169,6 +171,12 @@ class FusedLinearKLDivergence(_Divergence):
         batch_size = student_hidden.shape[0]
         hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
         rows, vocab = hidden.shape[0], student_weight.shape[0]
+        if student_bias is not None and student_bias.ndim != 1:
+            raise TypeError(
+                f"Argument `student_bias`: expected a [V] bias (the third positional argument); received "
+                f"shape {tuple(student_bias.shape)}. The teacher is keyword-only: pass "
+                "`teacher_logits=...` (or `teacher_hidden=`, `teacher_topk_indices=`)."
+            )
         forms = [teacher_logits is not None, teacher_hidden is not None, teacher_topk_indices is not None]
         if sum(forms) != 1:
             raise ValueError(

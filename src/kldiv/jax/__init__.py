@@ -23,10 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import jax
-
 from kldiv import losses as _losses
+from kldiv._extras import require
 from kldiv.fused.jax import fused_linear_js_divergence, fused_linear_kl_divergence
+
+jax = require("jax", "kldiv.jax")
 
 __all__ = [
     "fused_linear_js_divergence",

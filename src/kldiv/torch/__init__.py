@@ -33,9 +33,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
-
 from kldiv import losses as _losses
+from kldiv._extras import require
 from kldiv.fused.torch import (
     FusedLinearJSDivergence,
     FusedLinearKLDivergence,
@@ -43,6 +42,8 @@ from kldiv.fused.torch import (
     chunked_kl_divergence,
 )
 from kldiv.options import changed
+
+torch = require("torch", "kldiv.torch")
 
 __all__ = [
     "FusedLinearJSDivergence",

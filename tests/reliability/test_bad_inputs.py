@@ -1,0 +1,132 @@
+"""Every bad input gets a clear error (or, where Keras returns a value, a warning) naming its argument."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import kldiv
+import kldiv.torch
+
+GOOD = [[0.4, 0.6], [0.5, 0.5]]
+
+BAD_INPUTS = [
+    ("None", None, TypeError, "an array or a (nested) list of numbers", "None"),
+    ("string", "0.4, 0.6", TypeError, "an array or a (nested) list of numbers", "'0.4, 0.6'"),
+    ("dict", {"p": [0.4, 0.6]}, TypeError, "an array or a (nested) list of numbers", "{'p'"),
+    ("set", {0.4, 0.6}, TypeError, "an array or a (nested) list of numbers", "0.4"),
+    ("ragged", [[0.4, 0.6], [1.0]], ValueError, "rectangular", "[[0.4, 0.6], [1.0]]"),
+    ("strings", [["a", "b"], ["c", "d"]], TypeError, "list of numbers", "'a'"),
+    ("object", np.array([[0.4, None], [0.5, 0.5]], dtype=object), TypeError, "real numbers", "object"),
+    ("complex", np.array([[0.4 + 1j, 0.6], [0.5, 0.5]]), TypeError, "real numbers", "complex128"),
+    ("complex torch", torch.tensor([[0.4 + 1j, 0.6], [0.5, 0.5]]), TypeError, "real numbers", "complex64"),
+    (
+        "datetime",
+        np.array([["2020-01-01", "2020-01-02"]] * 2, dtype="datetime64[D]"),
+        TypeError,
+        "real",
+        "date",
+    ),
+]
+
+
+@pytest.mark.parametrize("argument", ["y_true", "y_pred"])
+@pytest.mark.parametrize(
+    ("case", "value", "error", "expected", "received"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_names_its_argument(argument, case, value, error, expected, received):
+    inputs = {"y_true": GOOD, "y_pred": GOOD, argument: value}
+    for call in (kldiv.KLDivergence(), kldiv.kl_divergence, kldiv.JSDivergence()):
+        with pytest.raises(error) as info:
+            call(inputs["y_true"], inputs["y_pred"])
+        message = str(info.value)
+        assert message.startswith(f"Argument `{argument}`: expected"), message
+        assert expected in message and received in message, message
+
+
+def test_scalar_inputs_say_a_distribution_axis_is_needed():
+    with pytest.raises(ValueError, match=r"Argument `y_pred`: expected an array with a distribution axis"):
+        kldiv.KLDivergence()(0.5, 0.5)
+
+
+def test_size_one_distribution_axis_warns_and_keeps_the_keras_value():
+    """Keras returns t·log(t/p) per one-outcome 'distribution'; kldiv returns the same and warns."""
+    t, p = np.array([[0.4], [0.6]], np.float32), np.array([[0.5], [0.5]], np.float32)
+    with pytest.warns(UserWarning, match=r"`y_pred`: the distribution axis \(axis=-1\) has size 1"):
+        value = kldiv.KLDivergence(reduction="none")(t, p)
+    np.testing.assert_allclose(value, (t * np.log(t / p))[:, 0], rtol=1e-6)
+
+
+def test_valid_inputs_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert float(kldiv.KLDivergence()([[0, 1], [0, 0]], [[0.6, 0.4], [0.4, 0.6]])) == pytest.approx(
+            0.45814, abs=1e-5
+        )
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_js_endpoints_warn_with_the_direction_spelling(beta):
+    for make in (
+        lambda: kldiv.JSDivergence(beta=beta),
+        lambda: kldiv.torch.FusedLinearJSDivergence(beta=beta),
+    ):
+        with pytest.warns(UserWarning, match=r"`beta`.*direction='forward' / 'reverse'"):
+            make()
+    with pytest.warns(UserWarning, match=r"`beta`"):
+        assert float(kldiv.js_divergence([[0.9, 0.1]], [[0.1, 0.9]], beta=beta)[0]) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("make", "argument"),
+    [
+        (lambda: kldiv.KLDivergence(beta=0.3), "beta"),
+        (lambda: kldiv.JSDivergence(direction="reverse"), "direction"),
+        (lambda: kldiv.torch.FusedLinearKLDivergence(y_true_format="probs"), "y_true_format"),
+        (lambda: kldiv.torch.FusedLinearKLDivergence(beta=0.5), "beta"),
+    ],
+)
+def test_options_a_loss_does_not_take_are_refused(make, argument):
+    with pytest.raises(TypeError, match=rf"Argument `{argument}`: expected no `{argument}`"):
+        make()
+
+
+def test_teacher_logits_passed_positionally_to_the_fused_loss():
+    hidden, weight, teacher = torch.randn(4, 3), torch.randn(5, 3), torch.randn(4, 5)
+    with pytest.raises(TypeError, match=r"Argument `student_bias`: expected a \[V\] bias.*teacher_logits="):
+        kldiv.torch.FusedLinearKLDivergence()(hidden, weight, teacher)
+
+
+@pytest.mark.parametrize(("argument", "shape"), [("labels", (3,)), ("mask", (5,)), ("sample_weight", (2,))])
+def test_fused_token_arguments_of_another_length(argument, shape):
+    hidden, weight, teacher = torch.randn(4, 3), torch.randn(5, 3), torch.randn(4, 5)
+    value = torch.ones(shape, dtype=torch.bool if argument == "mask" else torch.float32)
+    with pytest.raises(ValueError, match=rf"Argument `{argument}`: expected 4 tokens"):
+        kldiv.torch.FusedLinearKLDivergence()(hidden, weight, teacher_logits=teacher, **{argument: value})
+
+
+@pytest.mark.parametrize(
+    ("module", "blocked", "hint"),
+    [
+        ("kldiv.jax", "jax", 'pip install "kldiv[jax]"'),
+        ("kldiv.fused.jax", "jax", 'pip install "kldiv[jax]"'),
+        ("kldiv.keras", "keras", 'pip install "kldiv[keras]"'),
+        ("kldiv.tf_keras", "tensorflow", 'pip install "kldiv[tf]"'),
+        ("kldiv.torch", "torch", 'pip install "kldiv[torch]"'),
+        ("kldiv.distributed.torch", "torch", 'pip install "kldiv[torch]"'),
+    ],
+)
+def test_missing_framework_gets_an_install_hint(module, blocked, hint):
+    """A fresh interpreter in which ``blocked`` cannot be imported (``sys.modules[name] = None``)."""
+    code = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        f"try:\n    import {module}\nexcept ModuleNotFoundError as error:\n    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert hint in result.stdout and "needs" in result.stdout, result.stdout
