@@ -9,7 +9,7 @@ pytest.importorskip("numba")
 
 from numba import njit, prange
 
-from kldiv.kernels._fastmath import FASTMATH, expf, logf, logf_normal
+from kldiv.kernels._fastmath import FASTMATH, expf, logf, logf_normal, logf_normal_or_nan
 
 
 @njit(parallel=True, fastmath=FASTMATH)
@@ -19,6 +19,8 @@ def _apply(which, x, out):
             out[i] = logf(x[i])
         elif which == 1:
             out[i] = logf_normal(x[i])
+        elif which == 3:
+            out[i] = logf_normal_or_nan(x[i])
         else:
             out[i] = expf(x[i])
 
@@ -71,7 +73,7 @@ def test_log_of_subnormals_and_special_values() -> None:
 
 
 def test_exp_accuracy_and_limits() -> None:
-    x = np.linspace(-87.0, 88.5, 400_001, dtype=np.float32)
+    x = np.linspace(-87.0, 88.72, 400_001, dtype=np.float32)
     error = _ulps(_run(2, x), np.exp(x.astype(np.float64)))
     assert error.max() <= 2.0
     special = np.array([-np.inf, -200.0, 0.0, 200.0, np.inf, np.nan], np.float32)
@@ -79,3 +81,20 @@ def test_exp_accuracy_and_limits() -> None:
     assert result[0] == 0.0 and result[1] == 0.0 and result[2] == 1.0
     assert result[3] == np.inf and result[4] == np.inf
     assert np.isnan(result[5])
+
+
+def test_exp_underflows_gradually_like_numpy() -> None:
+    """Results below the smallest normal float32 are subnormal (not flushed to 0), within one spacing."""
+    x = np.linspace(-103.97, -87.34, 100_001, dtype=np.float32)
+    result, truth = _run(2, x), np.exp(x.astype(np.float64))
+    assert np.all(result > 0.0)
+    assert _ulps(result, truth).max() <= 1.0
+    assert _run(2, np.array([-104.0, -110.0], np.float32)).tolist() == [0.0, 0.0]
+
+
+def test_log_of_clipped_probabilities_keeps_nan() -> None:
+    """Keras' clip leaves a normal float or NaN: the NaN must not become a finite number."""
+    x = np.array([1e-7, 0.5, 1.0, np.nan], np.float32)
+    result = _run(3, x)
+    np.testing.assert_allclose(result[:3], np.log(x[:3].astype(np.float64)), rtol=1e-6)
+    assert np.isnan(result[3])

@@ -55,6 +55,7 @@ FORMULAS = (
     "js_log_mixture",
     "js_element",
     "softmax_chain",
+    "softmax_chain_factor",
 )
 
 
@@ -154,20 +155,35 @@ def js_element(
     log_beta: float,
     log1m_beta: float,
 ) -> tuple[float, float]:
-    """``(term, ∂ℓ/∂b)`` of JS_β: each side's zeros masked, then :func:`js_term` and :func:`js_grad`."""
+    """``(term, ∂ℓ/∂b)`` of JS_β: each side's zeros masked, then :func:`js_term` and :func:`js_grad`.
+
+    An infinite ``t`` makes the gradient NaN (``+ t · 0``): the ``∂m/∂b`` terms that cancel in
+    :func:`js_grad` are ``∞ · 0`` there, and autograd through the core says NaN.
+    """
     t, a = masked(t_zero, t), masked(t_zero, a)
     q, b = masked(q_zero, q), masked(q_zero, b)
     m = js_log_mixture(a, b, t_zero, q_zero, log_beta, log1m_beta)
-    return js_term(t, q, a, b, m, beta), js_grad(q, b, m, beta)
+    return js_term(t, q, a, b, m, beta), js_grad(q, b, m, beta) + t * 0.0
 
 
 def softmax_chain(g: float, softmax: float, g_sum: float, factor: float) -> float:
     r"""``(g_k − softmax_k Σ_j g_j) · factor``: the chain rule through ``b = log_softmax(u / T)``.
 
     ``∂ℓ/∂u_k = Σ_j g_j ∂b_j/∂u_k = (g_k − softmax_k Σ_j g_j) / T``; ``factor`` is ``1 / T`` times
-    any per-row coefficient.
+    any per-row coefficient, from :func:`softmax_chain_factor`.
     """
     return (g - softmax * g_sum) * factor
+
+
+def softmax_chain_factor(g_sum: float, factor: float) -> float:
+    """``factor`` of :func:`softmax_chain` for a row, NaN where ``Σ_j g_j`` is not finite.
+
+    Autograd through the core's :func:`~kldiv.core.divergences.log_softmax` gives such a row NaN in
+    every entry (its max shift passes ``∞ − ∞`` on to each); the kernels follow it. (``Σg · 0`` is 0
+    or NaN; no fast-math flag in use may fold it, whereas ``Σg − Σg`` folds under reassociation.)
+    """
+    zero_or_nan = g_sum * 0.0
+    return where(zero_or_nan == 0.0, factor, zero_or_nan)
 
 
 def compile_formulas(

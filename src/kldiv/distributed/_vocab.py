@@ -162,5 +162,7 @@ def row_divergence(
     values, g_sum = totals[0], totals[1]
     if not needs_lse(options, options.y_pred_format):
         return values, g
+    formulas = grads.array_formulas(xp, g)
     softmax, g_sum = xp.exp(c_student), xp.expand_dims(g_sum, axis=-1)
-    return values, grads.array_formulas(xp, g).softmax_chain(g, softmax, g_sum, 1.0 / options.temperature)
+    factor = formulas.softmax_chain_factor(g_sum, 1.0 / options.temperature)
+    return values, formulas.softmax_chain(g, softmax, g_sum, factor)

@@ -6,7 +6,9 @@ split the exponent and mantissa with bit casts and evaluate short polynomials (`
 optimized-routines vector ``logf``, ≤ 3.3 ulp like NumPy's; ``exp``: Cephes ``expf``, ~1 ulp), so
 LLVM turns the loop into AVX2/AVX-512 code (checked: the loops compile to ``<8 x float>``
 operations). Special values are kept: ``log(0) = -inf``, ``log(x<0) = nan``, ``log(inf) = inf``,
-subnormals are scaled first; ``exp(-inf) = 0``, ``exp`` underflows to 0 and overflows to ``inf``.
+subnormals are scaled first; ``exp(-inf) = 0``, ``exp`` underflows gradually (subnormal results) to 0
+and overflows to ``inf``; NaN stays NaN. No fast-math flag here assumes the absence of NaN or inf
+(:data:`FASTMATH` has neither ``nnan`` nor ``ninf``), nor flushes subnormals.
 float64 uses ``math.log`` / ``math.exp`` (exactness over speed).
 """
 
@@ -122,9 +124,17 @@ def logf(x):
 
 
 @njit(inline="always", fastmath=FASTMATH)
+def logf_normal_or_nan(x):
+    """:func:`logf_normal` that keeps a NaN (the bit tricks would turn it into a finite number): for
+    clipped probabilities, which are normal or NaN."""
+    return logf_normal(x) if x == x else x
+
+
+@njit(inline="always", fastmath=FASTMATH)
 def expf(x):
-    """Cephes ``expf``: ``2^n · p(r)`` with ``x = n ln 2 + r``, branch-free."""
-    clamped = min(max(x, _F(-87.5)), _F(88.5))
+    """Cephes ``expf``: ``2^n · p(r)`` with ``x = n ln 2 + r``, branch-free; results below the smallest
+    normal float32 are subnormal (gradual underflow, as NumPy's), 0 below ``2⁻¹⁵⁰``."""
+    clamped = min(max(x, _F(-104.0)), _F(88.72283))  # (above, 88.5 gave e^88.5 up to e^88.72)
     n = np.floor(
         clamped * _F(1.44269504088896341) + _F(0.5)
     )  # float32 floor: vectorizes (math.floor → int64)
@@ -137,13 +147,14 @@ def expf(x):
     y = y * r + _F(5.0000001201e-1)
     y = y * z + r + _F(1.0)
     # 2^n as 2^h · 2^(n−h) with h = n // 2, so that results near the overflow and underflow bounds
-    # stay exact. The first factor is applied by adding h to y's exponent bits: as a multiplication,
+    # stay exact (down to n = −150, both factors are normal and the product rounds once into the
+    # subnormals). The first factor is applied by adding h to y's exponent bits: as a multiplication,
     # fast-math reassociation could fold the two factors into 2^n, which overflows for n = 128.
     whole = np.int32(n)
     half = np.int32(whole >> 1)
     scaled = _bits_float(np.int32(_float_bits(y) + np.int32(half << 23)))
     result = scaled * _bits_float(np.int32((whole - half + 127) << 23))
-    result = _F(0.0) if x < _F(-87.33654) else result
+    result = _F(0.0) if x < _F(-103.972084) else result
     result = _F(np.inf) if x > _F(88.72283) else result
     return _F(np.nan) if x != x else result
 
@@ -154,7 +165,7 @@ def fast_log(x: float) -> float:
 
 
 def fast_log_normal(x: float) -> float:
-    """Natural log of a positive, normal, finite ``x``: :func:`logf_normal` for float32 (no checks)."""
+    """Natural log of a positive, normal, finite ``x`` or NaN: :func:`logf_normal_or_nan` for float32."""
     return math.log(x)
 
 
@@ -178,7 +189,7 @@ def _fast_log(x):
 @overload(fast_log_normal, fastmath=FASTMATH)
 def _fast_log_normal(x):
     if x == types.float32:
-        return lambda x: logf_normal(x)
+        return lambda x: logf_normal_or_nan(x)
     return lambda x: math.log(x)
 
 

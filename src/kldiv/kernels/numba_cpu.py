@@ -78,6 +78,7 @@ def _log1p(x):
 _formulas = grads.compile_formulas(_inline, where=_where, exp=fast_exp, log1p=_log1p)
 forward_element, reverse_element = _formulas.forward_element, _formulas.reverse_element
 js_element, softmax_chain = _formulas.js_element, _formulas.softmax_chain
+softmax_chain_factor = _formulas.softmax_chain_factor
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
@@ -215,11 +216,11 @@ def _row_values(a_side, b_side, p_raw, g_row, kind, mode, constants, want_grad):
             if mode == GRAD_PROBS:
                 b = _c(b_side, i)
                 q = p_raw[i] if exact else _clip(p_raw[i], low, one)
-                kept = q == p_raw[i]
+                kept = exact or q == p_raw[i]  # (a NaN is kept in exact mode: no clip acts)
             else:
                 c = _c(b_side, i)
                 b = c if exact else _clip(c, log_low, zero)
-                kept = b == c
+                kept = exact or b == c
                 q = _prob(b_side, i, exact, low, one)
             term, g = _element(a, t_i, b, q, kind, beta, log_beta, log1m_beta)
             block_total += term
@@ -251,19 +252,18 @@ def _masked_row(r, keep, values, grad, want_grad):
 @njit(inline="always", fastmath=FASTMATH, cache=True)
 def _softmax_chain(b_side, g_row, p_raw, grad_row, pred_format, epsilon, factor, g_sum):
     """``grad ← (g − softmax · Σg) · factor`` (:func:`kldiv.core.grads.softmax_chain`) with
-    ``softmax = exp(c)``; one more ``1/p`` (0 where
-    clipped) when ``u = log clip(p)``. Entry ``i`` of ``p_raw`` is read before ``grad_row[i]`` is
-    written (the gradient may overwrite ``y_pred``)."""
+    ``softmax = exp(c)``; one more ``1/p`` (0 where clipped) when ``u = log clip(p)``. Entry ``i``
+    of ``p_raw`` is read before ``grad_row[i]`` is written (the gradient may overwrite ``y_pred``)."""
     zero = like(b_side[2], 0.0)
-    factor = like(zero, factor)
+    factor = like(zero, softmax_chain_factor(g_sum, factor))
     g_sum = like(zero, g_sum)
     one = like(zero, 1.0)
     low = like(zero, epsilon)
     for i in range(p_raw.shape[0]):
         value = softmax_chain(g_row[i], b_side[4][i] * b_side[5], g_sum, factor)  # softmax = e_i / Σ e
-        if pred_format == PROBS:
+        if pred_format == PROBS:  # ∂ log p / ∂p = 1 / p (±inf or NaN at p = 0, as autograd's)
             x = p_raw[i]
-            inside = x == _clip(x, low, one) if epsilon > 0 else x != 0.0
+            inside = x == _clip(x, low, one) if epsilon > 0 else True
             value = value / x if inside else like(x, 0.0)
         grad_row[i] = value
 
@@ -345,17 +345,22 @@ def _any_forward_block(t_row, p_row, start, stop, epsilon, grad_row, scale, want
     block_total = like(scale, 0.0)
     for i in range(start, stop):
         t_i, p_i = t_row[i], p_row[i]
-        if not exact:
+        if exact:
+            # The core's exact program t (log t − log p): a ratio of subnormals would overflow.
+            term = t_i * (fast_log(t_i) - fast_log(p_i))
+            kept = True
+        else:
             t_i = _clip(t_i, epsilon, 1.0)
             p_i = _clip(p_i, epsilon, 1.0)
+            term = t_i * fast_log(t_i / p_i)
+            kept = p_i == p_row[i]
         ratio = t_i / p_i
-        term = t_i * fast_log(ratio)
         if exact and t_i == 0.0:
             term = like(term, 0.0)
             ratio = like(ratio, 0.0)
         block_total += term
         if want_grad:
-            grad_row[i] = -ratio * scale if p_i == p_row[i] else like(ratio, 0.0)
+            grad_row[i] = -ratio * scale if kept else like(ratio, 0.0)
     return block_total
 
 

@@ -27,7 +27,11 @@ directly when ``y_pred`` needs no softmax, else ``Σ g'``; (3) only for a log-so
 Forward KL in exact mode with a softmax on both sides (distillation from logits) skips pass (3):
 there ``g' = −t`` and ``Σ_j g'_j = −Σ_j t_j = −1``, so pass (2) writes the gradient
 ``(softmax_k − t_k) / T`` itself (``SUM_G_IS_MINUS_ONE``; it differs from the summed form by
-rounding only).
+rounding only; ``Σ t = 1`` holds when the teacher's log-sum-exp is finite, otherwise ``Σ g'`` is
+taken as NaN, as the core's). Special values follow the core as in :mod:`kldiv.kernels.numba_cpu`:
+clips keep a NaN (:func:`_clamp`), exact mode passes every entry's gradient, ``1/p`` is not
+special-cased at ``p = 0`` and a row whose ``Σ g'`` is not finite gets a NaN gradient
+(:func:`kldiv.core.grads.softmax_chain_factor`); ``tests/reliability/test_kernels_vs_core.py``.
 Accumulation is float32 for float16 / bfloat16 / float32 inputs and float64 for float64; row
 offsets are int64 (``rows × vocab`` may exceed 2³¹).
 """
@@ -62,6 +66,13 @@ def _log1p(x):
 _formulas = grads.compile_formulas(triton.jit, tl=tl, where=_where, exp=_exp, log1p=_log1p)
 forward_element, reverse_element = _formulas.forward_element, _formulas.reverse_element
 js_element, softmax_chain = _formulas.js_element, _formulas.softmax_chain
+softmax_chain_factor = _formulas.softmax_chain_factor
+
+
+@triton.jit
+def _clamp(x, low, high):
+    """Keras' clip, NaN kept (``tl.clamp``'s default would drop it on the GPU, as ``fminf``)."""
+    return tl.clamp(x, low, high, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -69,7 +80,7 @@ def _raw_log(x, FORMAT: tl.constexpr, CLIP: tl.constexpr, epsilon):
     """``u``: what a log-softmax side normalises (the log of clipped probabilities, else ``x``)."""
     u = x
     if FORMAT == "probs":
-        u = tl.log(tl.clamp(x, epsilon, 1.0)) if CLIP else tl.log(x)
+        u = tl.log(_clamp(x, epsilon, 1.0)) if CLIP else tl.log(x)
     return u
 
 
@@ -110,19 +121,19 @@ def _side(
         c = _raw_log(x, FORMAT, CLIP, epsilon) * inv_t - lse
         b = c
         if CLIP:
-            b = tl.clamp(c, log_epsilon, 0.0)
+            b = _clamp(c, log_epsilon, 0.0)
         q = tl.exp(b)
         kept = b == c
     elif FORMAT == "probs":
         q = x
         if CLIP:
-            q = tl.clamp(x, epsilon, 1.0)
+            q = _clamp(x, epsilon, 1.0)
         b = tl.log(q)
         kept = q == x
     else:
         b = x
         if CLIP:
-            b = tl.clamp(x, log_epsilon, 0.0)
+            b = _clamp(x, log_epsilon, 0.0)
         q = tl.exp(b)
         kept = b == x
     return b, q, kept
@@ -178,7 +189,8 @@ def _tile(
     b, q, kept = _side(xp, PRED_FORMAT, PRED_LSE, CLIP, p_lse, epsilon, log_epsilon, inv_t)
     term, g = _element(a, t, b, q, KIND, beta, log_beta, log1m_beta)
     term = tl.where(inside, term, 0.0)
-    g = tl.where(inside & kept, g, 0.0)
+    # Exact mode has no clip: every entry passes (a NaN included).
+    g = tl.where(inside & kept, g, 0.0) if CLIP else tl.where(inside, g, 0.0)
     return term, g, xp
 
 
@@ -188,10 +200,9 @@ def _softmax_grad(g, xp, sum_g, p_lse, factor, PRED_FORMAT: tl.constexpr, CLIP: 
     ``(g'_k − softmax_k · Σ_j g'_j) · factor`` (``factor`` is ``coef / T``), and ``/ p`` more where
     ``u = log clip(p)`` (0 where the clip acted or ``p = 0``)."""
     softmax = tl.exp(_raw_log(xp, PRED_FORMAT, CLIP, epsilon) * inv_t - p_lse)
-    out = softmax_chain(g, softmax, sum_g, factor)
-    if PRED_FORMAT == "probs":
-        unclipped = xp == tl.clamp(xp, epsilon, 1.0) if CLIP else xp != 0.0
-        out = tl.where(unclipped, out / xp, 0.0)
+    out = softmax_chain(g, softmax, sum_g, softmax_chain_factor(sum_g, factor))
+    if PRED_FORMAT == "probs":  # ∂ log p / ∂p = 1 / p: ±inf or NaN at p = 0 in exact mode, as autograd's
+        out = tl.where(xp == _clamp(xp, epsilon, 1.0), out / xp, 0.0) if CLIP else out / xp
     return out
 
 
@@ -259,7 +270,12 @@ def fused_rows_kernel(
             total += term
             if WANT_GRAD:
                 if PRED_LSE and SUM_G_IS_MINUS_ONE:
-                    out = _softmax_grad(g, xp, -1.0, p_lse, inv_t * scale, PRED_FORMAT, CLIP, epsilon, inv_t)
+                    # Σ t = 1 unless the teacher's log-sum-exp is not finite (NaN or +inf logits):
+                    # then Σ g' is NaN, as the core's.
+                    minus_one = t_lse * 0.0 - 1.0
+                    out = _softmax_grad(
+                        g, xp, minus_one, p_lse, inv_t * scale, PRED_FORMAT, CLIP, epsilon, inv_t
+                    )
                     tl.store(g_row + offsets, out.to(grad_ptr.dtype.element_ty), mask=inside)
                 elif PRED_LSE:
                     g_sum += g
