@@ -167,12 +167,13 @@ def _prob(side, i, exact, low, one):
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
-def _element(a, t, b, q, kind, beta, log_beta, log1m_beta):
+def _element(a, t, b, q, kind, exact, beta, log_beta, log1m_beta):
     """``(term, ∂ℓ/∂b)`` of one entry (:func:`kldiv.core.grads.forward_element`, ``reverse_element``,
     ``js_element``). A zero probability is a log of ``-inf``, as in the core's ``Distribution.zeros``;
-    it occurs only in exact mode (Keras mode clips the logs to ``[log ε, 0]``), so the masks need no
-    mode test. ``kind`` is a compile-time constant at every call site: each loop keeps one divergence."""
-    t_zero, q_zero = a == -math.inf, b == -math.inf
+    it occurs only in exact mode (Keras mode clips the logs to ``[log ε, 0]``); the mode test lets
+    LLVM drop the masks from Keras-mode loops (``exact`` is loop-invariant). ``kind`` is a compile-time
+    constant at every call site: each loop keeps one divergence."""
+    t_zero, q_zero = exact and a == -math.inf, exact and b == -math.inf
     # Not ``kind in (FORWARD, SYMMETRIC)``: Numba does not fold a tuple membership test, and the
     # runtime branch left behind stops LLVM vectorizing the caller's loop (2× slower).
     if kind == FORWARD or kind == SYMMETRIC:  # noqa: SIM109
@@ -222,7 +223,7 @@ def _row_values(a_side, b_side, p_raw, g_row, kind, mode, constants, want_grad):
                 b = c if exact else _clip(c, log_low, zero)
                 kept = exact or b == c
                 q = _prob(b_side, i, exact, low, one)
-            term, g = _element(a, t_i, b, q, kind, beta, log_beta, log1m_beta)
+            term, g = _element(a, t_i, b, q, kind, exact, beta, log_beta, log1m_beta)
             block_total += term
             if want_grad:
                 g = g if kept else zero
