@@ -317,5 +317,7 @@ def test_default_on_peaked_logits_is_the_exact_kl_of_pytorch():
     )
     loss = kldiv.KLDivergence(reduction="batchmean", from_logits=True, y_true_format="logits")
     assert float(loss(teacher, student)) == pytest.approx(float(expected), rel=1e-12)
-    clipped = kldiv.KLDivergence(reduction="batchmean", from_logits=True, y_true_format="logits", epsilon=1e-7)
+    clipped = kldiv.KLDivergence(
+        reduction="batchmean", from_logits=True, y_true_format="logits", epsilon=1e-7
+    )
     assert float(clipped(teacher, student)) < 0.8 * float(expected)
