@@ -209,3 +209,30 @@ def test_numba_paths_are_deterministic_run_to_run() -> None:
     assert len(here) == 4
     assert _digests_in_a_fresh_interpreter() == here
     assert _digests_in_a_fresh_interpreter() == here
+
+
+def test_threads_under_numbas_workqueue_layer_do_not_abort() -> None:
+    """Numba's fallback ``workqueue`` layer aborts the process on concurrent launches from two Python
+    threads; kldiv serialises its kernel launches there. A fresh interpreter on that layer: 4 threads
+    share one loss and get the sequential results bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import concurrent.futures, numpy as np, numba, kldiv
+rng = np.random.default_rng(0)
+pairs = [tuple(rng.dirichlet(np.ones(1024), 64).astype(np.float32) for _ in range(2)) for _ in range(8)]
+loss = kldiv.KLDivergence(reduction=None)
+sequential = [loss(t, p) for t, p in pairs]
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    threaded = list(pool.map(lambda pair: loss(*pair), pairs * 4))
+assert numba.threading_layer() == "workqueue", numba.threading_layer()
+assert all(np.array_equal(a, b) for a, b in zip(threaded, sequential * 4))
+print("ok")
+"""
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr[-3000:]

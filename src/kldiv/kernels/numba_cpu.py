@@ -36,8 +36,10 @@ probabilities at ``T = 1`` — Keras' own loss and the most common call — has 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import threading
 
 import numba
 import numpy as np
@@ -427,6 +429,41 @@ def fused_rows(
     if y_pred.shape[1] == 0:
         values[:] = 0.0
         return values, (grad if want_grad else None)
+    with _launch_guard():
+        _launch(
+            y_true,
+            y_pred,
+            coef,
+            keep,
+            values,
+            grad,
+            kind,
+            true_format,
+            pred_format,
+            beta,
+            epsilon,
+            temperature,
+            want_grad,
+        )
+    return values, (grad if want_grad else None)
+
+
+def _launch(
+    y_true,
+    y_pred,
+    coef,
+    keep,
+    values,
+    grad,
+    kind,
+    true_format,
+    pred_format,
+    beta,
+    epsilon,
+    temperature,
+    want_grad,
+):
+    """Run the kernel for these formats and divergence (the arrays are checked by :func:`fused_rows`)."""
     if kind == FORWARD and true_format == pred_format == "probs" and temperature == 1.0:
         forward_probs_kernel(y_true, y_pred, coef, keep, values, grad, float(epsilon), bool(want_grad))
     else:
@@ -451,4 +488,18 @@ def fused_rows(
             bool(want_grad),
             max(1, min(y_pred.shape[0], ROW_RUNS_PER_THREAD * numba.get_num_threads())),
         )
-    return values, (grad if want_grad else None)
+
+
+_LAUNCH_LOCK = threading.Lock()
+
+
+def _launch_guard() -> contextlib.AbstractContextManager:
+    """One launch at a time under Numba's ``workqueue`` threading layer (the fallback when neither
+    OpenMP nor TBB is installed), which aborts the process when two Python threads launch parallel
+    kernels at once; and before the first launch, which picks the layer. The ``omp`` and ``tbb``
+    layers are thread-safe: concurrent calls run concurrently."""
+    try:
+        serial = numba.threading_layer() == "workqueue"
+    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
+        serial = True
+    return _LAUNCH_LOCK if serial else contextlib.nullcontext()
