@@ -140,12 +140,31 @@ def through_core(case: Case, options: dict, reduction: str, dtype: torch.dtype) 
     return _results(loss(leaves["teacher"], student, **case.call()), leaves)
 
 
+# Symmetric KL through the Numba kernel on logits of size ≥ 1e15: the forward and reverse
+# gradients w.r.t. the log-probabilities (the reverse one ~|b − a| ~ 1e30 at the student's top entry)
+# are summed before the log-softmax chain rule and cancel there to O(1), below the float64 ulp of
+# 1e30; the core's autograd takes the chain rule of each direction apart and keeps the O(1) part.
+# (Teacher [1e30, -0.4], student [-inf, 0.3]: the core's ∂/∂u₁ = 1, the kernel's 0.) The kernel's
+# formula, not the chunk engine: the exclusion CANCELLING of test_kernels_vs_core.py.
+CANCELLING_LOGIT = 1e15
+
+
+def _cancels(case: Case, options: dict) -> bool:
+    if options.get("direction") != "symmetric":
+        return False
+    student = case.student if not case.fused else case.hidden @ case.weight.T + case.bias
+    logits = np.concatenate([case.teacher.ravel(), student.ravel()])
+    return bool(np.any(np.abs(logits[np.isfinite(logits)]) >= CANCELLING_LOGIT))
+
+
 def check(case: Case, options: dict, reduction: str, paths=PATHS, name: str = "") -> None:
     """Every chunk path in ``paths`` equals the core on ``case`` (value and every gradient)."""
     with np.errstate(all="ignore"):
         want = through_core(case, options, reduction, torch.float32)
         truth = through_core(case, options, reduction, torch.float64)
         for path in paths:
+            if path == "numba" and _cancels(case, options):
+                continue
             got = through_path(path, case, options, reduction)
             for key, result in got.items():
                 what = f"{name} {path} {key} {options} reduction={reduction}"
