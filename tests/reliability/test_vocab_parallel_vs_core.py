@@ -278,3 +278,41 @@ def worker_main(world: int = 2) -> None:
 
 if __name__ == "__main__":
     worker_main()
+
+
+@pytest.mark.parametrize("check_vma", [True, False])
+def test_jax_shard_map_one_device(check_vma: bool) -> None:
+    """Under ``shard_map`` (a one-device mesh: the varying / invariant typing of ``check_vma`` applies
+    whatever the mesh size), the vocabulary-parallel gradient on a row whose gradient sum is infinite
+    (exact reverse KL, a teacher logit of -inf) is the core's: NaN in every entry of that row."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
+    import kldiv
+    from kldiv.distributed import jax as kdj
+
+    case = CASES["neg_inf_in_teacher"]
+    teacher, student = jnp.asarray(case.teacher), jnp.asarray(case.student)
+    mesh = jax.make_mesh((1,), ("vocab",), devices=jax.devices()[:1])
+
+    def local(t, s):
+        return kdj.vocab_parallel_kl_divergence(t, s, axis_name="vocab", reduction="sum", direction="reverse")
+
+    sharded = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(None, "vocab"), P(None, "vocab")), out_specs=P(), check_vma=check_vma
+    )
+    core = kldiv.KLDivergence(
+        reduction="sum", y_true_format="logits", from_logits=True, backend="core", direction="reverse"
+    )
+    spec = jax.sharding.NamedSharding(mesh, P(None, "vocab"))
+    with jax.set_mesh(mesh):
+        placed_teacher, placed_student = jax.device_put(teacher, spec), jax.device_put(student, spec)
+        value, grad = jax.value_and_grad(lambda s: sharded(placed_teacher, s))(placed_student)
+    want_value, want_grad = jax.value_and_grad(lambda s: core(teacher, s))(student)
+    truth = through_core(case, {"direction": "reverse"}, "sum", torch.float64)
+    assert np.isnan(np.asarray(want_grad)[1]).all()
+    assert_same(np.asarray(value, np.float64), np.asarray(want_value, np.float64), truth["value"], "value")
+    assert_same(
+        np.asarray(grad, np.float64), np.asarray(want_grad, np.float64), truth["grad student"], "grad"
+    )
