@@ -25,6 +25,10 @@ The gradient w.r.t. the local student entries stays local (log-softmax chain rul
     ∂value/∂u_j = (g'_j − exp(c_j) · G) / T        (student through a log-softmax)
     ∂value/∂u_j = g'_j                             (log-probabilities, T = 1)
 
+Symmetric KL takes the chain rule of each direction apart (``G_forward`` and ``G_reverse`` in the same
+all-reduce): summed first, the reverse gradient's ``~|b − a|`` (logits of 1e30) would cancel the
+forward one's O(1) part in ``g' − exp(c) · G``, which autograd through the core keeps.
+
 ``value`` and ``G`` are identical on every participant. The teacher is a constant (no gradient), as
 in distillation. This module imports no framework: :mod:`kldiv.distributed.torch` supplies
 ``torch.distributed`` all-reduces, :mod:`kldiv.distributed.jax` ``lax.pmax`` / ``lax.psum``.
