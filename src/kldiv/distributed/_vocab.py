@@ -25,6 +25,10 @@ The gradient w.r.t. the local student entries stays local (log-softmax chain rul
     ∂value/∂u_j = (g'_j − exp(c_j) · G) / T        (student through a log-softmax)
     ∂value/∂u_j = g'_j                             (log-probabilities, T = 1)
 
+Symmetric KL takes the chain rule of each direction apart (``G_forward`` and ``G_reverse`` in the same
+all-reduce): summed first, the reverse gradient's ``~|b − a|`` (logits of 1e30) would cancel the
+forward one's O(1) part in ``g' − exp(c) · G``, which autograd through the core keeps.
+
 ``value`` and ``G`` are identical on every participant. The teacher is a constant (no gradient), as
 in distillation. This module imports no framework: :mod:`kldiv.distributed.torch` supplies
 ``torch.distributed`` all-reduces, :mod:`kldiv.distributed.jax` ``lax.pmax`` / ``lax.psum``.
@@ -32,6 +36,7 @@ in distillation. This module imports no framework: :mod:`kldiv.distributed.torch
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Protocol
 
@@ -157,12 +162,23 @@ def row_divergence(
         by the log-softmax chain rule ``(g'_j − exp(c_j) · G) / T`` with ``G`` all-reduced.
     """
     c_teacher, c_student = log_probs(xp, teacher, student, options, comm)
-    partial, g = local_terms(xp, c_teacher, c_student, options)
-    totals = comm.all_sum(xp.stack([partial, xp.sum(g, axis=-1)]))
-    values, g_sum = totals[0], totals[1]
+    # Symmetric KL: each direction takes the chain rule apart (as autograd through the core does in
+    # effect): summed first, a reverse gradient of ~|b − a| (logits of 1e30) would cancel the forward
+    # one's O(1) part in ``g − softmax · G``.
+    parts = [options]
+    if options.beta is None and options.direction == "symmetric":
+        parts = [dataclasses.replace(options, direction=d) for d in ("forward", "reverse")]
+    terms = [local_terms(xp, c_teacher, c_student, part) for part in parts]
+    partial = terms[0][0] if len(terms) == 1 else terms[0][0] + terms[1][0]
+    totals = comm.all_sum(xp.stack([partial, *(xp.sum(g, axis=-1) for _, g in terms)]))
+    values = totals[0]
     if not needs_lse(options, options.y_pred_format):
-        return values, g
-    formulas = grads.array_formulas(xp, g)
-    softmax, g_sum = xp.exp(c_student), xp.expand_dims(g_sum, axis=-1)
-    factor = formulas.softmax_chain_factor(g_sum, 1.0 / options.temperature)
-    return values, formulas.softmax_chain(g, softmax, g_sum, factor)
+        return values, terms[0][1] if len(terms) == 1 else terms[0][1] + terms[1][1]
+    softmax, grad = xp.exp(c_student), None
+    for k, (_, g) in enumerate(terms):
+        formulas = grads.array_formulas(xp, g)
+        g_sum = xp.expand_dims(totals[1 + k], axis=-1)
+        factor = formulas.softmax_chain_factor(g_sum, 1.0 / options.temperature)
+        chained = formulas.softmax_chain(g, softmax, g_sum, factor)
+        grad = chained if grad is None else grad + chained
+    return values, grad

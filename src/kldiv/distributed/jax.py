@@ -87,18 +87,31 @@ class _Collectives:
         return jax.lax.psum(x, self.axis_name)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _partial_rows(c_teacher: Array, c_student: Array, options: Options) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _partial_rows(c_teacher: Array, c_student: Array, options: Options, axis_name: AxisName) -> Array:
     """``Σ_j ℓ_j`` over the local entries (:func:`kldiv.distributed._vocab.local_terms`)."""
     return _vocab.local_terms(jnp, c_teacher, c_student, options)[0]
 
 
-def _partial_rows_fwd(c_teacher: Array, c_student: Array, options: Options) -> tuple[Array, Array]:
+def _partial_rows_fwd(
+    c_teacher: Array, c_student: Array, options: Options, axis_name: AxisName
+) -> tuple[Array, Array]:
     return _vocab.local_terms(jnp, c_teacher, c_student, options)
 
 
-def _partial_rows_bwd(options: Options, g: Array, upstream: Array) -> tuple[Array, Array]:
-    """Closed form: ``upstream · g'`` for the student log-probabilities, 0 for the teacher."""
+def _partial_rows_bwd(
+    options: Options, axis_name: AxisName, g: Array, upstream: Array
+) -> tuple[Array, Array]:
+    """Closed form: ``upstream · g'`` for the student log-probabilities, 0 for the teacher.
+
+    A student through a log-softmax: a row whose ``G = Σ_j g'_j`` (over every shard) is not finite
+    gets NaN in every entry, as autograd through the core's log-softmax gives it (its max shift
+    passes ``∞ − ∞`` on to each entry; :func:`kldiv.core.grads.softmax_chain_factor`, the rule of the
+    torch path). Here the max shift carries no gradient, so the rule is applied to ``g'``.
+    """
+    if _vocab.needs_lse(options, options.y_pred_format):
+        g_sum = jax.lax.psum(jnp.sum(g, axis=-1, keepdims=True), axis_name)
+        g = g + g_sum * 0.0  # + 0 where G is finite, NaN where it is not
     return jnp.zeros_like(g), upstream[..., None] * g
 
 
@@ -114,7 +127,7 @@ def _rows(teacher: Array, student: Array, options: Options, axis_name: AxisName)
     """
     comm = _Collectives(axis_name)
     c_teacher, c_student = _vocab.log_probs(jnp, jax.lax.stop_gradient(teacher), student, options, comm)
-    return comm.all_sum(_partial_rows(c_teacher, c_student, options))
+    return comm.all_sum(_partial_rows(c_teacher, c_student, options, axis_name))
 
 
 def _vocab_parallel(

@@ -222,11 +222,18 @@ def _chunk_by_triton(config, inputs, coef, keep, want, chunk, workspace):
     return values, {} if grad is None else {"student": grad}
 
 
+def _safe_rows(logits: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """``logits`` with the masked rows replaced by the safe constant 0 (:mod:`kldiv.core.masking`): a
+    masked row of NaN or inf would otherwise send ``0 · NaN = NaN`` into its exactly-0 gradient."""
+    return torch.where(kept.unsqueeze(-1), logits, torch.zeros((), dtype=logits.dtype, device=logits.device))
+
+
 def _chunk_by_autograd(config, inputs, coef, keep, want, chunk, workspace):
     """Value and gradients of one chunk by autograd through kldiv's core (any device, every option)."""
     teacher_wants = any(
         want.get(n) for n in ("teacher_logits", "teacher_hidden", "teacher_weight", "teacher_bias")
     )
+    kept = keep[chunk]
     with torch.enable_grad():
         student = _student_logits(inputs, chunk).detach().requires_grad_(True)
         leaves = {"student": student}
@@ -237,8 +244,9 @@ def _chunk_by_autograd(config, inputs, coef, keep, want, chunk, workspace):
             teacher = _teacher_logits(inputs, chunk).detach().requires_grad_(teacher_wants)
             if teacher_wants:
                 leaves["teacher"] = teacher
-        per_token = _chunk_values(config, teacher, student, sparse)
-        per_token = torch.where(keep[chunk], per_token, torch.zeros_like(per_token))
+            teacher = _safe_rows(teacher, kept)
+        per_token = _chunk_values(config, teacher, _safe_rows(student, kept), sparse)
+        per_token = torch.where(kept, per_token, torch.zeros_like(per_token))
         if not any(want.values()):
             return per_token.detach(), {}
         gradients = torch.autograd.grad((per_token * coef[chunk]).sum(), list(leaves.values()))
