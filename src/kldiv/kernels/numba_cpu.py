@@ -430,64 +430,32 @@ def fused_rows(
         values[:] = 0.0
         return values, (grad if want_grad else None)
     with _launch_guard():
-        _launch(
-            y_true,
-            y_pred,
-            coef,
-            keep,
-            values,
-            grad,
-            kind,
-            true_format,
-            pred_format,
-            beta,
-            epsilon,
-            temperature,
-            want_grad,
-        )
-    return values, (grad if want_grad else None)
-
-
-def _launch(
-    y_true,
-    y_pred,
-    coef,
-    keep,
-    values,
-    grad,
-    kind,
-    true_format,
-    pred_format,
-    beta,
-    epsilon,
-    temperature,
-    want_grad,
-):
-    """Run the kernel for these formats and divergence (the arrays are checked by :func:`fused_rows`)."""
-    if kind == FORWARD and true_format == pred_format == "probs" and temperature == 1.0:
-        forward_probs_kernel(y_true, y_pred, coef, keep, values, grad, float(epsilon), bool(want_grad))
-    else:
-        inv_t = 1.0 / float(temperature)
-        pred_code = FORMAT_CODES[pred_format]
-        if pred_code == LOGITS or inv_t != 1.0:
-            mode = GRAD_SOFTMAX
+        if kind == FORWARD and true_format == pred_format == "probs" and temperature == 1.0:
+            forward_probs_kernel(y_true, y_pred, coef, keep, values, grad, float(epsilon), bool(want_grad))
         else:
-            mode = GRAD_PROBS if pred_code == PROBS else GRAD_LOG_PROBS
-        general_kernel(kind, mode)(
-            y_true,
-            y_pred,
-            coef,
-            keep,
-            values,
-            grad,
-            FORMAT_CODES[true_format],
-            pred_code,
-            float(epsilon),
-            inv_t,
-            0.5 if beta is None else float(beta),
-            bool(want_grad),
-            max(1, min(y_pred.shape[0], ROW_RUNS_PER_THREAD * numba.get_num_threads())),
-        )
+            inv_t = 1.0 / float(temperature)
+            pred_code = FORMAT_CODES[pred_format]
+            if pred_code == LOGITS or inv_t != 1.0:
+                mode = GRAD_SOFTMAX
+            else:
+                mode = GRAD_PROBS if pred_code == PROBS else GRAD_LOG_PROBS
+            general_kernel(kind, mode)(
+                y_true,
+                y_pred,
+                coef,
+                keep,
+                values,
+                grad,
+                FORMAT_CODES[true_format],
+                pred_code,
+                float(epsilon),
+                inv_t,
+                0.5 if beta is None else float(beta),
+                bool(want_grad),
+                max(1, min(y_pred.shape[0], ROW_RUNS_PER_THREAD * numba.get_num_threads())),
+            )
+
+    return values, (grad if want_grad else None)
 
 
 _LAUNCH_LOCK = threading.Lock()
