@@ -69,6 +69,11 @@ def _autocast(y_pred: Tensor) -> bool:
     return torch.is_autocast_enabled(device_type)
 
 
+def _call_overrides(options: dict[str, Any], y_pred: Tensor) -> dict[str, Any]:
+    """The overrides of one functional call on ``y_pred``."""
+    return _overrides(options, _autocast(y_pred))
+
+
 def _overrides(options: dict[str, Any], autocast: bool) -> dict[str, Any]:
     """The per-call option override of the module docstring (autocast: float32 results)."""
     return {"dtype": "float32"} if autocast and options.get("dtype") is None else {}
@@ -85,12 +90,9 @@ class _TorchDivergence(torch.nn.Module, _losses.Wrapper):
         # The loss with and without the autocast override, built here so that nothing is
         # constructed while torch.compile traces.
         config = self.loss.get_config()
-        self._variants: dict[bool, _losses._DivergenceLoss] = {
-            autocast: self._agnostic.from_config({**config, **_overrides(config, autocast)})
-            if _overrides(config, autocast)
-            else self.loss
-            for autocast in (False, True)
-        }
+        self._variants: dict[bool, _losses._DivergenceLoss] = {False: self.loss, True: self.loss}
+        if _overrides(config, True):
+            self._variants[True] = self._agnostic.from_config({**config, **_overrides(config, True)})
 
     def forward(
         self,
@@ -150,7 +152,7 @@ kl_divergence = _losses.functional(
     "kl_divergence",
     """Functional :class:`KLDivergence`; with the default ``reduction="none"`` and no weight it is
     the per-sample loss of :func:`kldiv.kl_divergence` (same options).""",
-    lambda options, y_pred: _overrides(options, _autocast(y_pred)),
+    _call_overrides,
 )
 kl_divergence.__module__ = __name__
 
@@ -158,6 +160,6 @@ js_divergence = _losses.functional(
     _losses.JSDivergence,
     "js_divergence",
     """Functional :class:`JSDivergence` (per-sample by default, like :func:`kldiv.js_divergence`).""",
-    lambda options, y_pred: _overrides(options, _autocast(y_pred)),
+    _call_overrides,
 )
 js_divergence.__module__ = __name__
