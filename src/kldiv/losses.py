@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import _distribute, _evaluate, _validate
 from ._prepare import Prepared, prepare
+from .arguments import CallArguments, check, split
 from .core.reductions import KERAS3_REDUCTIONS, host_gradient, reduce_weighted
 from .kernels import dispatch
 from .options import NOT_OPTIONS, OptionArguments, Options
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+    from .arguments import FunctionalArguments, PerSampleArguments
 
 Array = Any
 
@@ -47,14 +50,7 @@ def _plan(options: Options, prepared: Prepared, reduction_gradient: Any = None) 
     return plan
 
 
-def kl_divergence(
-    y_true: Array,
-    y_pred: Array,
-    *,
-    mask: Array | None = None,
-    labels: Array | None = None,
-    **options: Unpack[OptionArguments],
-) -> Array:
+def kl_divergence(y_true: Array, y_pred: Array, **keywords: Unpack[PerSampleArguments]) -> Array:
     r"""Per-sample Kullback–Leibler divergence :math:`\sum_i t_i \log(t_i / p_i)` along ``axis``.
 
     With the defaults this is ``tf.keras.losses.kl_divergence`` (aliases ``kld``, ``KLD``,
@@ -100,20 +96,14 @@ def kl_divergence(
         >>> print(kldiv.kl_divergence([[0, 1], [0, 0]], [[0.6, 0.4], [0.4, 0.6]], epsilon=0))
         [0.9162907 0.       ]
     """
-    return per_sample(Options.of("kl", options), y_true, y_pred, mask=mask, labels=labels)
+    call, options = split(keywords, CallArguments)
+    return per_sample(Options.of("kl", options), y_true, y_pred, **call)
 
 
 kld = KLD = kullback_leibler_divergence = kl_divergence
 
 
-def js_divergence(
-    y_true: Array,
-    y_pred: Array,
-    *,
-    mask: Array | None = None,
-    labels: Array | None = None,
-    **options: Unpack[OptionArguments],
-) -> Array:
+def js_divergence(y_true: Array, y_pred: Array, **keywords: Unpack[PerSampleArguments]) -> Array:
     r"""Per-sample generalized Jensen–Shannon divergence along ``axis``.
 
     .. math:: \mathrm{JS}_\beta(P, Q) = \beta\,\mathrm{KL}(P\|M) + (1-\beta)\,\mathrm{KL}(Q\|M),
@@ -130,7 +120,8 @@ def js_divergence(
         >>> print(kldiv.js_divergence([[1.0, 0.0]], [[0.0, 1.0]], epsilon=0))
         [0.6931472]
     """
-    return per_sample(Options.of("js", options), y_true, y_pred, mask=mask, labels=labels)
+    call, options = split(keywords, CallArguments)
+    return per_sample(Options.of("js", options), y_true, y_pred, **call)
 
 
 class _DivergenceLoss:
@@ -155,10 +146,7 @@ class _DivergenceLoss:
         y_true: Array,
         y_pred: Array,
         sample_weight: Array | None = None,
-        *,
-        mask: Array | None = None,
-        labels: Array | None = None,
-        num_items: Any = None,
+        **arguments: Unpack[CallArguments],
     ) -> Array:
         """Weighted, reduced loss: a scalar for every reduction but ``"none"`` / ``None``.
 
@@ -167,10 +155,10 @@ class _DivergenceLoss:
             sample_weight: Keras ``sample_weight``: a scalar, ``[batch]``, the per-sample loss
                 shape, or anything broadcastable to it (a trailing size-1 axis is squeezed and a
                 missing trailing axis added, as Keras does).
-            mask: boolean keep-mask broadcastable to the per-sample loss.
-            labels: with the ``ignore_index`` option, masks positions whose label equals it.
-            num_items: global denominator for the mean reductions (gradient accumulation, data
-                parallel); a positive number or a scalar array.
+            **arguments: ``mask``, ``labels``, ``num_items`` (:class:`kldiv.arguments.CallArguments`):
+                a boolean keep-mask broadcastable to the per-sample loss; labels that mask the
+                positions equal to the ``ignore_index`` option; the global denominator of the mean
+                reductions (gradient accumulation, data parallel), a positive number or scalar array.
 
         Raises:
             ValueError: ``sample_weight`` has a shape that cannot be aligned with the per-sample
@@ -178,9 +166,11 @@ class _DivergenceLoss:
                 not divide, or ``reduction`` is ``"auto"`` / ``"sum_over_batch_size"`` under an
                 active ``tf.distribute`` strategy (outside ``compile``/``fit``).
         """
+        check(arguments, CallArguments, f"{type(self).__name__}.__call__()")
         _distribute.check_reduction(self.reduction, y_pred)
-        num_items = _validate.num_items(num_items, self.reduction)
+        num_items = _validate.num_items(arguments.get("num_items"), self.reduction)
         keras3 = self.reduction in KERAS3_REDUCTIONS
+        mask, labels = arguments.get("mask"), arguments.get("labels")
         prepared = prepare(self.options, y_true, y_pred, keras3_shapes=keras3, mask=mask, labels=labels)
         weight = None if sample_weight is None else prepared.cast(sample_weight)
         if num_items is not None and not isinstance(num_items, (int, float)):
@@ -303,29 +293,25 @@ def functional(
     overrides: Callable[[dict[str, Any], Array], dict[str, Any]] | None = None,
 ) -> Callable[..., Array]:
     """The functional form of ``loss_type`` that the framework adapters export as ``name``:
-    ``name(y_true, y_pred, sample_weight=None, *, reduction="none", mask=None, labels=None,
-    num_items=None, **options)`` is ``loss_type(reduction, **options)(...)`` — per sample by default.
-    ``overrides(options, y_pred)`` adds the adapter's per-call options (PyTorch's autocast rule)."""
+    ``name(y_true, y_pred, sample_weight=None, **keywords)`` is
+    ``loss_type(reduction, **options)(y_true, y_pred, sample_weight, **call)``, where ``keywords``
+    (:class:`kldiv.arguments.FunctionalArguments`) hold ``reduction`` (default ``"none"``: per
+    sample), the call arguments and the options. ``overrides(options, y_pred)`` adds the adapter's
+    per-call options (PyTorch's autocast rule)."""
 
     def divergence(
         y_true: Array,
         y_pred: Array,
         sample_weight: Array | None = None,
-        *,
-        reduction: str | None = "none",
-        mask: Array | None = None,
-        labels: Array | None = None,
-        num_items: Any = None,
-        **options: Unpack[OptionArguments],
+        **keywords: Unpack[FunctionalArguments],
     ) -> Array:
+        call, options = split(keywords, CallArguments)
         if overrides is not None:
             options = {**options, **overrides(options, y_pred)}
-        loss = loss_type(reduction=reduction, **options)
+        loss = loss_type(**{"reduction": "none", **options})
         # Through the class: Dynamo before PyTorch 2.13 hashes a called object that it is still
         # constructing symbolically (and its __hash__ reads unset attributes).
-        return type(loss).__call__(
-            loss, y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items
-        )
+        return type(loss).__call__(loss, y_true, y_pred, sample_weight, **call)
 
     divergence.__name__ = divergence.__qualname__ = name
     divergence.__doc__ = doc

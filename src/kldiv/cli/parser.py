@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..core.reductions import ALL_REDUCTIONS
@@ -101,25 +102,21 @@ def build_parser() -> Parser:
     return parser
 
 
+def _add_choice(group: Any, flag: str, choices: Sequence[str], default: str, what: str) -> None:
+    """An option taking one of ``choices``, listed in its help with the default."""
+    help_text = f"{what}: {', '.join(choices)} (default: {default})"
+    group.add_argument(flag, default=default, choices=choices, metavar="NAME", help=help_text)
+
+
 def _add_library_options(parser: Parser) -> None:
     library = parser.add_argument_group("library options (as kldiv.KLDivergence)")
-    library.add_argument(
-        "--reduction",
-        default="auto",
-        choices=REDUCTIONS,
-        metavar="NAME",
-        help=f"reduction of the weighted loss: {', '.join(REDUCTIONS)} (default: auto)",
-    )
+    _add_choice(library, "--reduction", REDUCTIONS, "auto", "reduction of the weighted loss")
     library.add_argument(
         "--sample-weight", metavar="VALUE_OR_FILE", help="Keras sample_weight: inline value or file"
     )
     for name in ("y-true", "y-pred"):
-        library.add_argument(
-            f"--{name}-format",
-            default="probs",
-            choices=FORMATS,
-            metavar="FORMAT",
-            help=f"how {name.upper().replace('-', '_')} is given: {', '.join(FORMATS)} (default: probs)",
+        _add_choice(
+            library, f"--{name}-format", FORMATS, "probs", f"how {name.upper().replace('-', '_')} is given"
         )
     library.add_argument(
         "--from-logits", action="store_true", help="shorthand for --y-pred-format logits (Keras)"

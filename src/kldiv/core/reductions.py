@@ -38,10 +38,13 @@ unknown dimension (``None``, TensorFlow graph mode) makes the element count a de
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .shapes import broadcast_shape, squeeze_or_expand_to_same_rank, squeeze_or_expand_weight
+
+if TYPE_CHECKING:
+    from ..options import Options
 
 Array = Any
 Namespace = Any
@@ -206,26 +209,26 @@ def token_coefficients(
 
 def token_weights(
     xp: Namespace,
+    options: Options,
     reduction: str,
-    rows: int,
+    tokens: Mapping[str, Any],
     *,
-    labels: Array | None,
-    mask: Array | None,
-    ignore_index: int,
-    sample_weight: Any,
-    num_items: Any,
+    rows: int,
     batch_size: int,
-    scale: float,
     dtype: Any,
     device: Any = None,
 ) -> tuple[Array, Array]:
     """``(keep, coef)`` of a flat ``[tokens]`` loss (the chunked and fused-linear paths): the keep-mask
-    from ``labels != ignore_index`` and ``mask``, and :func:`token_coefficients` with the weight and
-    ``num_items`` as arrays of ``dtype`` on ``device``.
+    from ``labels != options.ignore_index`` and ``mask``, and :func:`token_coefficients` (scaled by
+    ``options.loss_scale``) with the weight and ``num_items`` as arrays of ``dtype`` on ``device``.
+    ``tokens`` holds the call's ``labels``, ``mask``, ``sample_weight`` and ``num_items``
+    (:class:`kldiv.arguments.TokenArguments`).
 
     Raises:
         ValueError: ``labels`` / ``mask`` / ``sample_weight`` with another number of tokens.
     """
+    labels, mask, sample_weight = tokens.get("labels"), tokens.get("mask"), tokens.get("sample_weight")
+    num_items = tokens.get("num_items")
     keep = xp.ones(rows, dtype=xp.bool, device=device)
     for argument, value in (("labels", labels), ("mask", mask), ("sample_weight", sample_weight)):
         shape = tuple(getattr(value, "shape", ()))
@@ -234,7 +237,7 @@ def token_weights(
                 f"Argument `{argument}`: expected {rows} tokens (or one value); received shape {shape}."
             )
     if labels is not None:
-        keep = xp.logical_and(keep, xp.reshape(labels, (-1,)) != ignore_index)
+        keep = xp.logical_and(keep, xp.reshape(labels, (-1,)) != options.ignore_index)
     if mask is not None:
         keep = xp.logical_and(keep, xp.astype(xp.reshape(mask, (-1,)), xp.bool))
     weight = None
@@ -250,7 +253,7 @@ def token_weights(
         sample_weight=weight,
         num_items=num_items,
         batch_size=batch_size,
-        scale=scale,
+        scale=options.loss_scale,
         dtype=dtype,
     )
     return keep, coef

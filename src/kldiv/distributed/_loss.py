@@ -10,12 +10,16 @@ participant, so every participant returns the same loss.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _prepare, _validate
 from .._prepare import Prepared
+from ..arguments import CallArguments, check
 from ..core import masking
 from ..core.reductions import KERAS3_REDUCTIONS, reduce_weighted
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Array = Any
 
@@ -38,22 +42,20 @@ class Shards:
         return tuple(self.student.shape[:-1])
 
 
-def prepare(
-    loss: Any, teacher: Array, student: Array, *, mask: Any, labels: Any, num_items: Any, move_axis: Any
-) -> Shards:
+def prepare(loss: Any, teacher: Array, student: Array, **arguments: Unpack[CallArguments]) -> Shards:
     """Check and prepare one participant's shards (local checks only, no communication).
 
     Args:
         loss: the :class:`kldiv.KLDivergence` / :class:`kldiv.JSDivergence` holding the options.
         teacher, student: the local shards, the vocabulary along ``options.axis``.
-        mask, labels, num_items: as :meth:`kldiv.KLDivergence.__call__`.
-        move_axis: ``move_axis(x, axis)`` puts ``axis`` last (the framework's ``movedim``).
+        **arguments: ``mask``, ``labels``, ``num_items``, as :meth:`kldiv.KLDivergence.__call__`.
 
     Raises:
         ValueError: teacher and student shards of different shapes, a bad ``mask`` / ``labels`` /
             ``num_items``, or (``validate=True``) NaN or ``+inf`` in a shard.
-        TypeError: a non-floating student.
+        TypeError: a non-floating student, an unknown keyword.
     """
+    check(arguments, CallArguments, f"{type(loss).__name__} (vocabulary-parallel)")
     options = loss.options
     if tuple(teacher.shape) != tuple(student.shape):
         raise ValueError(
@@ -61,11 +63,16 @@ def prepare(
             f"(the same rows and vocabulary entries); received shapes {tuple(teacher.shape)} and "
             f"{tuple(student.shape)}."
         )
-    num_items = _validate.num_items(num_items, loss.reduction)
+    num_items = _validate.num_items(arguments.get("num_items"), loss.reduction)
     core_options = dataclasses.replace(options, backend="core", validate=False)
     keras3 = loss.reduction in KERAS3_REDUCTIONS
     prepared = _prepare.prepare(
-        core_options, teacher, student, keras3_shapes=keras3, mask=mask, labels=labels
+        core_options,
+        teacher,
+        student,
+        keras3_shapes=keras3,
+        mask=arguments.get("mask"),
+        labels=arguments.get("labels"),
     )
     prepared.widen()
     xp, axis = prepared.xp, prepared.axis
@@ -79,7 +86,7 @@ def prepare(
             _validate.input_values(xp, argument, x, "logits", axis, prepared.output_dtype)
     last = len(student.shape) - 1
     if axis != last:
-        teacher, student = move_axis(teacher, axis), move_axis(student, axis)
+        teacher, student = xp.moveaxis(teacher, axis, -1), xp.moveaxis(student, axis, -1)
     return Shards(prepared, teacher, student, num_items)
 
 

@@ -46,13 +46,19 @@ divide evenly over the mesh axis). The teacher is a constant (its cotangent is z
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kldiv import losses as _losses
 from kldiv._extras import require
 
+from ..arguments import CallArguments, split
 from ..options import Options
 from . import _loss, _vocab
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..arguments import FunctionalArguments
 
 jax = require("jax", "kldiv.distributed.jax")
 jnp = require("jax.numpy", "kldiv.distributed.jax")
@@ -136,20 +142,10 @@ def _vocab_parallel(
     student_logits: Array,
     sample_weight: Array | None,
     axis_name: AxisName,
-    mask: Array | None,
-    labels: Array | None,
-    num_items: Any,
+    call: CallArguments,
 ) -> Array:
     _vocab.check_formats(loss.options.y_true_format, loss.options.y_pred_format)
-    shards = _loss.prepare(
-        loss,
-        teacher_logits,
-        student_logits,
-        mask=mask,
-        labels=labels,
-        num_items=num_items,
-        move_axis=lambda x, axis: jnp.moveaxis(x, axis, -1),
-    )
+    shards = _loss.prepare(loss, teacher_logits, student_logits, **call)
     values = _rows(shards.teacher, shards.student, loss.options, axis_name)
     return _loss.reduce(loss, shards, values, sample_weight)
 
@@ -168,16 +164,11 @@ def _vocab_parallel_function(loss_type: type[_losses._DivergenceLoss], name: str
         sample_weight: Array | None = None,
         *,
         axis_name: AxisName,
-        reduction: str | None = "none",
-        mask: Array | None = None,
-        labels: Array | None = None,
-        num_items: Any = None,
-        **options: Any,
+        **keywords: Unpack[FunctionalArguments],
     ) -> Array:
-        loss = loss_type(reduction=reduction, **_options(options))
-        return _vocab_parallel(
-            loss, teacher_logits, student_logits, sample_weight, axis_name, mask, labels, num_items
-        )
+        call, options = split(keywords, CallArguments)
+        loss = loss_type(**{"reduction": "none", **_options(options)})
+        return _vocab_parallel(loss, teacher_logits, student_logits, sample_weight, axis_name, call)
 
     divergence.__name__ = divergence.__qualname__ = name
     divergence.__doc__ = doc

@@ -38,13 +38,17 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kldiv import losses as _losses
 from kldiv._extras import require
+from kldiv.arguments import CallArguments
 from kldiv.options import changed
 
 from . import _loss, _vocab
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 torch = require("torch", "kldiv.distributed.torch")
 dist = require("torch.distributed", "kldiv.distributed.torch")
@@ -227,10 +231,7 @@ class _VocabParallelLoss(torch.nn.Module, _losses.Wrapper):
         teacher_logits: Tensor,
         student_logits: Tensor,
         sample_weight: Tensor | None = None,
-        *,
-        mask: Tensor | None = None,
-        labels: Tensor | None = None,
-        num_items: Any = None,
+        **arguments: Unpack[CallArguments],
     ) -> Tensor:
         """The loss of the full rows, identical on every rank of ``group``.
 
@@ -238,8 +239,8 @@ class _VocabParallelLoss(torch.nn.Module, _losses.Wrapper):
             teacher_logits: this rank's teacher shard ``[..., V_r]`` (vocabulary along ``axis``),
                 logits or log-probabilities (``y_true_format``). Receives no gradient.
             student_logits: this rank's student shard, same shape (``y_pred_format``).
-            sample_weight, mask, labels, num_items: as :meth:`kldiv.KLDivergence.__call__`, the
-                same on every rank.
+            sample_weight, **arguments: ``sample_weight``, ``mask``, ``labels``, ``num_items`` as
+                :meth:`kldiv.KLDivergence.__call__`, the same on every rank.
 
         Raises:
             ValueError: on *every* rank, when the ranks disagree on the rows (batch shape), the
@@ -254,15 +255,7 @@ class _VocabParallelLoss(torch.nn.Module, _losses.Wrapper):
                 raise TypeError(
                     f"Argument `student_logits`: expected a torch.Tensor; received {type(student_logits)}."
                 )
-            shards = _loss.prepare(
-                self.loss,
-                teacher_logits,
-                student_logits,
-                mask=mask,
-                labels=labels,
-                num_items=num_items,
-                move_axis=lambda x, axis: torch.movedim(x, axis, -1),
-            )
+            shards = _loss.prepare(self.loss, teacher_logits, student_logits, **arguments)
             local_error = None
         except Exception as error:  # reported to every rank before anyone enters a collective
             shards, local_error = None, error
@@ -351,8 +344,8 @@ class VocabParallelKLDivergence(_VocabParallelLoss):
     r"""KL divergence of vocabulary-sharded teacher and student logits on ``torch.distributed``.
 
     ``VocabParallelKLDivergence(reduction="auto", name="kl_divergence", *, group=None, **options)``;
-    ``forward(teacher_logits, student_logits, sample_weight=None, *, mask=None, labels=None,
-    num_items=None)`` returns, on every rank of ``group``, what :class:`kldiv.KLDivergence` with the
+    ``forward(teacher_logits, student_logits, sample_weight=None, *, mask=, labels=, num_items=)``
+    returns, on every rank of ``group``, what :class:`kldiv.KLDivergence` with the
     same options returns for the concatenated shards::
 
         kldiv.KLDivergence(reduction, y_true_format="logits", y_pred_format="logits", **options)(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -356,36 +357,24 @@ def loss(
     options: Options,
     reduction: str,
     inputs: Inputs,
+    tokens: Mapping[str, Any],
     *,
-    labels: Any,
-    mask: Any,
-    sample_weight: Any,
-    num_items: Any,
     batch_size: int,
     chunk_size: int | None,
     memory_budget: int,
     topk_format: str,
 ) -> torch.Tensor:
     """The reduced (or, for ``"none"``, per-token) loss of ``inputs``, chunk by chunk, in the
-    accumulation dtype (float64 for float64 inputs, else float32)."""
+    accumulation dtype (float64 for float64 inputs, else float32). ``tokens``: the call's
+    ``labels``, ``mask``, ``sample_weight``, ``num_items`` (:class:`kldiv.arguments.TokenArguments`)."""
     source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
     rows, dtype, device = source.shape[0], source.dtype, source.device
     logits = inputs.student_logits
     vocab = logits.shape[-1] if logits is not None else inputs.student_weight.shape[0]
     accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+    xp = _namespace.namespace_of(source)
     keep, coef = token_weights(
-        _namespace.namespace_of(source),
-        reduction,
-        rows,
-        labels=labels,
-        mask=mask,
-        ignore_index=options.ignore_index,
-        sample_weight=sample_weight,
-        num_items=num_items,
-        batch_size=batch_size,
-        scale=options.loss_scale,
-        dtype=accumulate,
-        device=device,
+        xp, options, reduction, tokens, rows=rows, batch_size=batch_size, dtype=accumulate, device=device
     )
     kernel = _kernel(options, inputs, dtype, device)
     config = _Config(

@@ -15,14 +15,20 @@ and the teacher's hidden states / weight when they are differentiated too.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kldiv._extras import require
 
 from .. import losses as _losses
+from ..arguments import ChunkingArguments, TeacherArguments, TokenArguments, split, teacher_form
 from ..core import chunking
 from ..core.reductions import token_weights
 from ..options import Options
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..arguments import FusedArguments
 
 jax = require("jax", "kldiv.fused.jax")
 jnp = require("jax.numpy", "kldiv.fused.jax")
@@ -48,61 +54,42 @@ def _fused(
     student_hidden: jax.Array,
     student_weight: jax.Array,
     student_bias: jax.Array | None,
-    *,
-    teacher_logits: jax.Array | None,
-    teacher_hidden: jax.Array | None,
-    teacher_weight: jax.Array | None,
-    teacher_bias: jax.Array | None,
-    teacher_topk_indices: jax.Array | None,
-    teacher_topk_values: jax.Array | None,
-    teacher_topk_format: str,
-    reduction: str,
-    labels: jax.Array | None,
-    mask: jax.Array | None,
-    sample_weight: Any,
-    num_items: Any,
-    chunk_size: int | None,
-    memory_budget: int,
-    options: Options,
+    keywords: dict[str, Any],
+    divergence: str,
 ) -> jax.Array:
+    """The loss of :func:`fused_linear_kl_divergence` (``divergence="kl"``) or its JS form."""
+    teacher, keywords = split(keywords, TeacherArguments)
+    tokens, keywords = split(keywords, TokenArguments)
+    walk, options = split(keywords, ChunkingArguments)
+    reduction = options.pop("reduction", "auto")
+    options = Options.of(divergence, options, fixed=_LOGITS)
+    chunk_size = walk.get("chunk_size")
+    memory_budget = walk.get("memory_budget", chunking.DEFAULT_MEMORY_BUDGET)
+    teacher_topk_format = walk.get("teacher_topk_format", "log_probs")
     if reduction not in REDUCTIONS:
         raise ValueError(f"Argument `reduction`: expected one of {REDUCTIONS}; received {reduction!r}.")
-    forms = [teacher_logits is not None, teacher_hidden is not None, teacher_topk_indices is not None]
-    if sum(forms) != 1:
-        raise ValueError(
-            "Arguments `teacher_logits` / `teacher_hidden` / `teacher_topk_indices`: expected exactly one "
-            f"teacher form; received {sum(forms)}."
-        )
+    teacher_form(teacher)
+    teacher_weight, teacher_bias = teacher.get("teacher_weight"), teacher.get("teacher_bias")
     batch_size = student_hidden.shape[0]
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
     rows, vocab = hidden.shape[0], student_weight.shape[0]
     accumulate = jnp.float64 if hidden.dtype == jnp.float64 else jnp.float32
     keep, coef = token_weights(
-        jnp,
-        reduction,
-        rows,
-        labels=labels,
-        mask=mask,
-        ignore_index=options.ignore_index,
-        sample_weight=sample_weight,
-        num_items=num_items,
-        batch_size=batch_size,
-        scale=options.loss_scale,
-        dtype=accumulate,
+        jnp, options, reduction, tokens, rows=rows, batch_size=batch_size, dtype=accumulate
     )
     size = chunking.rows_per_chunk(
         rows, vocab, memory_budget=memory_budget, chunk_size=chunk_size, bytes_per_element=4
     )
     pad = (-rows) % size
     per_row = {"hidden": hidden, "coef": coef, "keep": keep}
-    for key, value in (
-        ("logits", teacher_logits),
-        ("hidden_teacher", teacher_hidden),
-        ("indices", teacher_topk_indices),
-        ("values", teacher_topk_values),
+    for key, name in (
+        ("logits", "teacher_logits"),
+        ("hidden_teacher", "teacher_hidden"),
+        ("indices", "teacher_topk_indices"),
+        ("values", "teacher_topk_values"),
     ):
-        if value is not None:
-            per_row[key] = value.reshape(rows, -1)
+        if teacher.get(name) is not None:
+            per_row[key] = teacher[name].reshape(rows, -1)
     # Pad to whole chunks (padded rows have keep = False and coef = 0) and stack the chunks.
     per_row = {
         key: jnp.pad(value, [(0, pad)] + [(0, 0)] * (value.ndim - 1)).reshape(-1, size, *value.shape[1:])
@@ -143,75 +130,25 @@ def fused_linear_kl_divergence(
     student_hidden: jax.Array,
     student_weight: jax.Array,
     student_bias: jax.Array | None = None,
-    *,
-    teacher_logits: jax.Array | None = None,
-    teacher_hidden: jax.Array | None = None,
-    teacher_weight: jax.Array | None = None,
-    teacher_bias: jax.Array | None = None,
-    teacher_topk_indices: jax.Array | None = None,
-    teacher_topk_values: jax.Array | None = None,
-    teacher_topk_format: str = "log_probs",
-    reduction: str = "auto",
-    labels: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    sample_weight: Any = None,
-    num_items: Any = None,
-    chunk_size: int | None = None,
-    memory_budget: int = chunking.DEFAULT_MEMORY_BUDGET,
-    **options: Any,
+    **keywords: Unpack[FusedArguments],
 ) -> jax.Array:
     """KL(teacher ‖ softmax(student_hidden @ student_weight.T + bias)) reduced over tokens, chunk by
-    chunk (see the module docstring). ``reduction="auto"`` (as every kldiv loss) is the mean over
-    unmasked tokens. ``options``: kldiv's option set, as :class:`kldiv.KLDivergence` (``direction``,
-    ``epsilon`` — ``None``, the default, is exact mode for these logits —, ``temperature``,
-    ``scale_by_temperature_squared``, ``ignore_index``, ``dtype``)."""
-    return _fused(
-        student_hidden,
-        student_weight,
-        student_bias,
-        teacher_logits=teacher_logits,
-        teacher_hidden=teacher_hidden,
-        teacher_weight=teacher_weight,
-        teacher_bias=teacher_bias,
-        teacher_topk_indices=teacher_topk_indices,
-        teacher_topk_values=teacher_topk_values,
-        teacher_topk_format=teacher_topk_format,
-        reduction=reduction,
-        labels=labels,
-        mask=mask,
-        sample_weight=sample_weight,
-        num_items=num_items,
-        chunk_size=chunk_size,
-        memory_budget=memory_budget,
-        options=Options.of("kl", options, fixed=_LOGITS),
-    )
+    chunk (see the module docstring). The keywords (:class:`kldiv.arguments.FusedArguments`) are
+    those of :class:`kldiv.fused.torch.FusedLinearKLDivergence` and its ``forward`` in one call: one
+    teacher form (``teacher_logits=`` | ``teacher_hidden=, teacher_weight=, teacher_bias=`` |
+    ``teacher_topk_indices=, teacher_topk_values=``), ``labels``, ``mask``, ``sample_weight``,
+    ``num_items``, ``reduction`` (``"auto"``, as every kldiv loss, is the mean over unmasked tokens),
+    ``chunk_size``, ``memory_budget``, ``teacher_topk_format`` and kldiv's options, as
+    :class:`kldiv.KLDivergence` (``direction``, ``epsilon`` — ``None``, the default, is exact mode for
+    these logits —, ``temperature``, ``scale_by_temperature_squared``, ``ignore_index``, ``dtype``)."""
+    return _fused(student_hidden, student_weight, student_bias, keywords, "kl")
 
 
 def fused_linear_js_divergence(
-    student_hidden: jax.Array, student_weight: jax.Array, student_bias: jax.Array | None = None, **kwargs: Any
+    student_hidden: jax.Array,
+    student_weight: jax.Array,
+    student_bias: jax.Array | None = None,
+    **keywords: Unpack[FusedArguments],
 ) -> jax.Array:
     """:func:`fused_linear_kl_divergence` for ``JS_β`` (``beta`` keyword, default 0.5)."""
-    names = (
-        "teacher_logits",
-        "teacher_hidden",
-        "teacher_weight",
-        "teacher_bias",
-        "teacher_topk_indices",
-        "teacher_topk_values",
-        "labels",
-        "mask",
-        "sample_weight",
-        "num_items",
-        "chunk_size",
-    )
-    call = {name: kwargs.pop(name, None) for name in names}
-    return _fused(
-        student_hidden,
-        student_weight,
-        student_bias,
-        **call,
-        teacher_topk_format=kwargs.pop("teacher_topk_format", "log_probs"),
-        reduction=kwargs.pop("reduction", "auto"),
-        memory_budget=kwargs.pop("memory_budget", chunking.DEFAULT_MEMORY_BUDGET),
-        options=Options.of("js", kwargs, fixed=_LOGITS),
-    )
+    return _fused(student_hidden, student_weight, student_bias, keywords, "js")

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from kldiv._extras import require
 
+from ..arguments import TeacherArguments, TokenArguments, check, split, teacher_form
 from ..core import chunking
 from ..options import NOT_OPTIONS, OptionArguments, Options, changed
 from . import _torch_chunks
@@ -44,6 +45,8 @@ torch = require("torch", "kldiv.fused.torch")
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+    from ..arguments import ChunkedArguments, FusedCallArguments
 
 __all__ = [
     "FusedLinearJSDivergence",
@@ -107,18 +110,14 @@ class _Divergence(torch.nn.Module):
     def extra_repr(self) -> str:
         return changed(self.get_config(), type(self)().get_config())
 
-    def _loss(
-        self, inputs: Inputs, labels: Any, mask: Any, sample_weight: Any, num_items: Any, batch_size: int
-    ):
+    def _loss(self, inputs: Inputs, tokens: TokenArguments, batch_size: int) -> torch.Tensor:
+        check(tokens, TokenArguments, f"{type(self).__name__}.forward()")
         source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
         value = _torch_chunks.loss(
             self.options,
             self.reduction,
             inputs,
-            labels=labels,
-            mask=mask,
-            sample_weight=sample_weight,
-            num_items=num_items,
+            tokens,
             batch_size=batch_size,
             chunk_size=self.chunk_size,
             memory_budget=self.memory_budget,
@@ -156,18 +155,13 @@ class FusedLinearKLDivergence(_Divergence):
         student_hidden: torch.Tensor,
         student_weight: torch.Tensor,
         student_bias: torch.Tensor | None = None,
-        *,
-        teacher_logits: torch.Tensor | None = None,
-        teacher_hidden: torch.Tensor | None = None,
-        teacher_weight: torch.Tensor | None = None,
-        teacher_bias: torch.Tensor | None = None,
-        teacher_topk_indices: torch.Tensor | None = None,
-        teacher_topk_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        sample_weight: Any = None,
-        num_items: Any = None,
+        **arguments: Unpack[FusedCallArguments],
     ) -> torch.Tensor:
+        teacher, tokens = split(arguments, TeacherArguments)
+        teacher_logits, teacher_hidden = teacher.get("teacher_logits"), teacher.get("teacher_hidden")
+        teacher_weight, teacher_bias = teacher.get("teacher_weight"), teacher.get("teacher_bias")
+        teacher_topk_indices = teacher.get("teacher_topk_indices")
+        teacher_topk_values = teacher.get("teacher_topk_values")
         batch_size = student_hidden.shape[0]
         hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
         rows, vocab = hidden.shape[0], student_weight.shape[0]
@@ -177,42 +171,27 @@ class FusedLinearKLDivergence(_Divergence):
                 f"shape {tuple(student_bias.shape)}. The teacher is keyword-only: pass "
                 "`teacher_logits=...` (or `teacher_hidden=`, `teacher_topk_indices=`)."
             )
-        forms = [teacher_logits is not None, teacher_hidden is not None, teacher_topk_indices is not None]
-        if sum(forms) != 1:
-            raise ValueError(
-                "Arguments `teacher_logits` / `teacher_hidden` / `teacher_topk_indices`: expected exactly "
-                f"one teacher form; received {sum(forms)}."
-            )
+        form = teacher_form(teacher)
         if student_weight.shape[-1] != hidden.shape[-1]:
             raise ValueError(
                 f"Argument `student_weight`: expected shape [V, {hidden.shape[-1]}] to match the hidden "
                 f"size; received {tuple(student_weight.shape)}."
             )
         inputs = Inputs(student_hidden=hidden, student_weight=student_weight, student_bias=student_bias)
-        if teacher_logits is not None:
+        if form == "teacher_logits":
             inputs.teacher_logits = teacher_logits.reshape(rows, -1)
             if inputs.teacher_logits.shape[-1] != vocab:
                 raise ValueError(
                     f"Argument `teacher_logits`: expected shape [{rows}, {vocab}]; received "
                     f"{tuple(teacher_logits.shape)}."
                 )
-        elif teacher_hidden is not None:
-            if teacher_weight is None:
-                raise ValueError(
-                    "Argument `teacher_weight`: expected a [V, H_teacher] tensor with `teacher_hidden`; "
-                    "received None."
-                )
+        elif form == "teacher_hidden":
             inputs.teacher_hidden = teacher_hidden.reshape(rows, -1)
             inputs.teacher_weight, inputs.teacher_bias = teacher_weight, teacher_bias
         else:
-            if teacher_topk_values is None:
-                raise ValueError(
-                    "Argument `teacher_topk_values`: expected a [BT, k] tensor with "
-                    "`teacher_topk_indices`; received None."
-                )
             inputs.topk_indices = teacher_topk_indices.reshape(rows, -1)
             inputs.topk_values = teacher_topk_values.reshape(rows, -1)
-        return self._loss(inputs, labels, mask, sample_weight, num_items, batch_size)
+        return self._loss(inputs, tokens, batch_size)
 
 
 class FusedLinearJSDivergence(FusedLinearKLDivergence):
@@ -222,10 +201,11 @@ class FusedLinearJSDivergence(FusedLinearKLDivergence):
     _DIVERGENCE = "js"
 
 
-def _chunked(module_type, teacher_logits, student_logits, **kwargs) -> torch.Tensor:
-    call_keys = ("labels", "mask", "sample_weight", "num_items")
-    call = {k: kwargs.pop(k) for k in call_keys if k in kwargs}
-    module = module_type(**kwargs)
+def _chunked(
+    module_type: type[_Divergence], teacher_logits: torch.Tensor, student_logits: torch.Tensor, keywords: dict
+) -> torch.Tensor:
+    tokens, construction = split(keywords, TokenArguments)
+    module = module_type(**construction)
     batch_size = student_logits.shape[0]
     logits = student_logits.reshape(-1, student_logits.shape[-1])
     rows, vocab = logits.shape
@@ -235,28 +215,22 @@ def _chunked(module_type, teacher_logits, student_logits, **kwargs) -> torch.Ten
             f"{tuple(teacher_logits.shape)} and {tuple(student_logits.shape)}."
         )
     inputs = Inputs(student_logits=logits, teacher_logits=teacher_logits.reshape(rows, vocab))
-    return module._loss(
-        inputs,
-        call.get("labels"),
-        call.get("mask"),
-        call.get("sample_weight"),
-        call.get("num_items"),
-        batch_size,
-    )
+    return module._loss(inputs, tokens, batch_size)
 
 
 def chunked_kl_divergence(
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor, **kwargs: Any
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, **keywords: Unpack[ChunkedArguments]
 ) -> torch.Tensor:
     """KL divergence of logits ``[..., V]`` computed chunk by chunk over tokens: forward and backward
-    never hold more than a chunk of temporaries besides the gradient itself. Keyword arguments as
-    :class:`FusedLinearKLDivergence` plus ``labels``, ``mask``, ``sample_weight``, ``num_items``;
-    gradients reach both logits (the teacher's when it requires one)."""
-    return _chunked(FusedLinearKLDivergence, teacher_logits, student_logits, **kwargs)
+    never hold more than a chunk of temporaries besides the gradient itself. Keyword arguments
+    (:class:`kldiv.arguments.ChunkedArguments`) as :class:`FusedLinearKLDivergence` plus ``labels``,
+    ``mask``, ``sample_weight``, ``num_items``; gradients reach both logits (the teacher's when it
+    requires one)."""
+    return _chunked(FusedLinearKLDivergence, teacher_logits, student_logits, keywords)
 
 
 def chunked_js_divergence(
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor, **kwargs: Any
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, **keywords: Unpack[ChunkedArguments]
 ) -> torch.Tensor:
     """:func:`chunked_kl_divergence` for ``JS_β``."""
-    return _chunked(FusedLinearJSDivergence, teacher_logits, student_logits, **kwargs)
+    return _chunked(FusedLinearJSDivergence, teacher_logits, student_logits, keywords)

@@ -221,22 +221,20 @@ def reduce_weighted(
     ``token_mean``: ``sum(w*L) / size(w*L)`` (0 when empty); ``mean_with_sample_weight``:
     ``sum(w*L) / sum(w)`` (0 when ``sum(w) == 0``); ``batchmean``: ``sum(w*L) / L.shape[0]``.
     """
-    losses = as_float64(losses)
-    weight = np.float64(1.0) if sample_weight is None else as_float64(sample_weight)
-    weighted = losses * weight
+    weighted = as_float64(losses) * (1.0 if sample_weight is None else as_float64(sample_weight))
     if reduction in ("none", None):
         return weighted
-    total = np.sum(weighted)
+    means = ("auto", "sum_over_batch_size", "mean", "token_mean", "mean_with_sample_weight")
+    if reduction not in ("sum", "batchmean", *means):
+        raise ValueError(f"unknown reduction {reduction!r}")
     if reduction == "sum":
-        return total
-    if reduction == "batchmean":
-        return total / weighted.shape[0]
-    if reduction == "mean_with_sample_weight" and sample_weight is not None:
-        denominator = np.sum(weight)
-        return np.float64(0.0) if denominator == 0 else total / denominator
-    if reduction in ("auto", "sum_over_batch_size", "mean", "token_mean", "mean_with_sample_weight"):
-        return np.float64(0.0) if weighted.size == 0 else total / weighted.size
-    raise ValueError(f"unknown reduction {reduction!r}")
+        return np.sum(weighted)
+    if reduction == "batchmean":  # the leading axis, as torch's KLDivLoss (NaN for an empty batch)
+        return np.sum(weighted) / np.float64(weighted.shape[0] if weighted.ndim else 1)
+    by_weight = reduction == "mean_with_sample_weight" and sample_weight is not None
+    denominator = float(np.sum(as_float64(sample_weight))) if by_weight else weighted.size
+    # The mean reductions of an empty (or zero-weight) loss are 0, not NaN.
+    return np.float64(0.0) if denominator == 0 else np.sum(weighted) / np.float64(denominator)
 
 
 def central_difference(fn, x: object, step: float = 1e-6) -> np.ndarray:

@@ -31,10 +31,11 @@ and the result is exactly the gradient of the mean over the whole batch on one p
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kldiv import losses as _losses
 from kldiv._extras import require
+from kldiv.arguments import CallArguments
 from kldiv.fused.torch import (
     FusedLinearJSDivergence,
     FusedLinearKLDivergence,
@@ -42,6 +43,9 @@ from kldiv.fused.torch import (
     chunked_kl_divergence,
 )
 from kldiv.options import changed
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 torch = require("torch", "kldiv.torch")
 
@@ -99,15 +103,10 @@ class _TorchDivergence(torch.nn.Module, _losses.Wrapper):
         y_true: Tensor,
         y_pred: Tensor,
         sample_weight: Tensor | None = None,
-        *,
-        mask: Tensor | None = None,
-        labels: Tensor | None = None,
-        num_items: Any = None,
+        **arguments: Unpack[CallArguments],
     ) -> Tensor:
         """The weighted, reduced loss (see :meth:`kldiv.KLDivergence.__call__`)."""
-        return self._variants[_autocast(y_pred)](
-            y_true, y_pred, sample_weight, mask=mask, labels=labels, num_items=num_items
-        )
+        return self._variants[_autocast(y_pred)](y_true, y_pred, sample_weight, **arguments)
 
     def get_config(self) -> dict[str, Any]:
         """``reduction``, ``name`` and every option; ``from_config`` rebuilds an equal module."""
