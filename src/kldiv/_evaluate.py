@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _validate
 from ._prepare import Prepared
 from .core import masking
 from .core.divergences import divergence
@@ -26,7 +27,7 @@ def per_sample(options: Options, prepared: Prepared, plan: Plan) -> Array:
     if plan.kernel is not None:
         from .kernels import fused
 
-        if prepared.xp is np:
+        if prepared.xp is np:  # the kernel finds values outside [0, 1] in the same pass
             return fused.per_sample_numpy(
                 options, prepared.y_true, prepared.y_pred, prepared.keep, prepared.axis
             )
@@ -34,6 +35,7 @@ def per_sample(options: Options, prepared: Prepared, plan: Plan) -> Array:
             options, prepared.y_true, prepared.y_pred, prepared.keep, prepared.axis, 1.0, kernel=plan.kernel
         )
     if prepared.xp is np:
+        _check_unit_interval(options, prepared)
         # Exact mode's documented +inf (p = 0 < t) and all -inf logit rows are results, not
         # accidents: keep NumPy from warning about the log(0) behind them.
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -58,6 +60,29 @@ def reduced(options: Options, prepared: Prepared, plan: Plan, reduce: Callable[[
         reduce,
         kernel=plan.kernel,
     )
+
+
+def _check_unit_interval(options: Options, prepared: Prepared) -> None:
+    """NumPy inputs given as probabilities: warn about kept values outside ``[0, 1]``
+    (:func:`kldiv._validate.warn_outside_unit_interval`; ``validate=True`` has raised already).
+    Framework tensors are not inspected: that would wait for their device."""
+    if options.validate:
+        return
+    outside = []
+    for argument, x, fmt in (
+        ("y_true", prepared.y_true, options.y_true_format),
+        ("y_pred", prepared.y_pred, options.y_pred_format),
+    ):
+        if fmt != "probs" or x.size == 0:
+            continue
+        if prepared.keep is not None:
+            keep = np.expand_dims(prepared.keep, prepared.axis)
+            x = np.where(np.broadcast_to(keep, np.broadcast_shapes(keep.shape, x.shape)), x, 0.5)
+        with np.errstate(invalid="ignore"):
+            if np.nanmin(x, initial=0.5) < 0 or np.nanmax(x, initial=0.5) > 1:
+                outside.append(argument)
+    if outside:
+        _validate.warn_outside_unit_interval(outside, options.epsilon)
 
 
 def _core(options: Options, prepared: Prepared) -> Array:

@@ -80,10 +80,13 @@ def prepare(
     keras3_shapes: bool | None,
     mask: Array | None = None,
     labels: Array | None = None,
+    shard: bool = False,
 ) -> Prepared:
     """Check and align the inputs of one call (see the module docstring).
 
     ``keras3_shapes``: True for Keras 3's rank fix-up, False for tf_keras', None for none.
+    ``shard``: the inputs are vocabulary shards (:mod:`kldiv.distributed`), not whole distributions:
+    a shard of one entry is no size-1 distribution axis to warn about.
 
     Raises:
         TypeError: a non-floating ``y_pred`` without a ``dtype`` option (as tf_keras).
@@ -120,7 +123,8 @@ def prepare(
         y_true, y_pred = remove_squeezable_dimensions(xp, y_true, y_pred)
     shape = broadcast_shape(y_true.shape, y_pred.shape)
     _validate.broadcastable(y_true.shape, y_pred.shape, shape)
-    _validate.distribution_axis("y_pred" if y_pred.ndim >= y_true.ndim else "y_true", shape, options.axis)
+    argument = "y_pred" if y_pred.ndim >= y_true.ndim else "y_true"
+    _validate.distribution_axis(argument, shape, options.axis, warn_single=not shard)
     axis = _validate.axis_in_range(options.axis, len(shape), shape)
     if options.validate:
         for argument, x, fmt in (

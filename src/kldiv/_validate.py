@@ -251,13 +251,14 @@ def input_dtype(argument: str, x: Any) -> None:
         raise TypeError(errors.message(argument, "an array of real numbers", x))
 
 
-def distribution_axis(argument: str, shape: Any, axis_value: int) -> None:
-    """An input with a distribution axis (at least 1-D); a size-1 axis gets a warning."""
+def distribution_axis(argument: str, shape: Any, axis_value: int, *, warn_single: bool = True) -> None:
+    """An input with a distribution axis (at least 1-D); a size-1 axis gets a warning (unless not
+    ``warn_single``)."""
     if len(shape) == 0:
         raise ValueError(
             errors.message(argument, "an array with a distribution axis (at least 1-D), not a scalar", shape)
         )
-    if -len(shape) <= axis_value < len(shape) and shape[axis_value] == 1:
+    if warn_single and -len(shape) <= axis_value < len(shape) and shape[axis_value] == 1:
         warnings.warn(
             f"Argument `{argument}`: the distribution axis (axis={axis_value}) has size 1, so each "
             "'distribution' has a single outcome. If the values along another axis form the "
@@ -265,3 +266,39 @@ def distribution_axis(argument: str, shape: Any, axis_value: int) -> None:
             UserWarning,
             stacklevel=4,
         )
+
+
+OUTSIDE_UNIT_INTERVAL = "probabilities outside [0, 1]"
+"""The start of the message of :func:`warn_outside_unit_interval` (for filters)."""
+
+
+def warn_outside_unit_interval(arguments: list[str], epsilon: float) -> None:
+    """Warn that ``arguments`` (given as probabilities) hold values outside ``[0, 1]``.
+
+    Keras' rule is kept (the values are clipped to ``[epsilon, 1]``, or used as they are in exact
+    mode), but the result is rarely what was meant: counts of a histogram give a divergence near 0.
+    """
+    names = " and ".join(f"`{argument}`" for argument in arguments)
+    what = (
+        f"Keras' rule clips them to [{epsilon:g}, 1] (counts of a histogram then give a meaningless value)"
+        if epsilon > 0
+        else "exact mode uses them as they are (negative ones give NaN)"
+    )
+    warnings.warn(
+        f"Argument{'s' if len(arguments) > 1 else ''} {names}: {OUTSIDE_UNIT_INTERVAL}; {what}. "
+        "Normalise them first (x / x.sum(axis=-1, keepdims=True); the CLI's --normalize), pass "
+        "y_true_format/y_pred_format if they are log-probabilities or logits, or validate=True to raise.",
+        UserWarning,
+        stacklevel=_outside_kldiv(),
+    )
+
+
+def _outside_kldiv() -> int:
+    """The ``stacklevel`` of the first frame outside the kldiv package (the user's call)."""
+    import sys
+
+    package = __file__.rsplit("/", 1)[0] if "/" in __file__ else __file__.rsplit("\\", 1)[0]
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level

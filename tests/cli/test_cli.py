@@ -414,8 +414,13 @@ def test_normalize_turns_counts_into_distributions(tmp_path: Path) -> None:
     t, p = counts_t / counts_t.sum(), counts_p / counts_p.sum()
     assert out["dtype"] == "float64"
     np.testing.assert_allclose(out["value"], reference_kl(t, p), rtol=1e-12)
-    raw = run_json(str(tmp_path / "t.csv"), str(tmp_path / "p.csv"))
-    assert raw["value"] == pytest.approx(0.0, abs=1e-12)  # counts clipped to [1e-7, 1]: all equal
+    proc = run(str(tmp_path / "t.csv"), str(tmp_path / "p.csv"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["value"] == pytest.approx(0.0, abs=1e-12)  # counts clipped to [1e-7, 1]
+    # Keras' value, and one line that says why it is meaningless and what to do.
+    (warning,) = proc.stderr.splitlines()
+    assert warning.startswith("kldiv: warning: Arguments `y_true` and `y_pred`: probabilities outside [0, 1]")
+    assert "--normalize" in warning
 
 
 def test_normalize_rows_of_inline_and_npy_values(tmp_path: Path) -> None:

@@ -62,6 +62,66 @@ def test_size_one_distribution_axis_warns_and_keeps_the_keras_value():
     np.testing.assert_allclose(value, (t * np.log(t / p))[:, 0], rtol=1e-6)
 
 
+COUNTS = np.array([[3.0, 5.0, 2.0], [1.0, 1.0, 8.0]], np.float32)
+PROBS = np.array([[0.3, 0.5, 0.2], [0.1, 0.1, 0.8]], np.float32)
+OUTSIDE = r"probabilities outside \[0, 1\]"
+
+
+def _large(outside_row: int | None, rows: int = 64, n: int = 1000, value: float = 2.0) -> np.ndarray:
+    """Probabilities big enough for the kernel (``backend="auto"``), one entry set to ``value``."""
+    x = np.random.default_rng(rows).dirichlet(np.ones(n), rows).astype(np.float32)
+    if outside_row is not None:
+        x[outside_row, 7] = value
+    return x
+
+
+@pytest.mark.parametrize("backend", ["core", "numba", "auto"])
+@pytest.mark.parametrize("value", [2.0, -0.25])
+@pytest.mark.parametrize("side", ["y_true", "y_pred"])
+def test_probabilities_outside_the_unit_interval_warn_on_every_path(backend, value, side):
+    """Keras' clip is kept (the value equals Keras'), with a warning naming the argument."""
+    inside = _large(None)
+    outside = _large(5, value=value)
+    t, p = (outside, inside) if side == "y_true" else (inside, outside)
+    for direction in ("forward", "reverse"):
+        loss = kldiv.KLDivergence(backend=backend, direction=direction)
+        with pytest.warns(UserWarning, match=rf"Argument `{side}`: {OUTSIDE}; Keras' rule clips them"):
+            value_given = float(loss(t, p))
+        clipped = float(loss(np.clip(t, 1e-7, 1), np.clip(p, 1e-7, 1)))
+        assert value_given == pytest.approx(clipped, rel=1e-6)
+
+
+def test_outside_values_warn_once_naming_both_arguments_and_exact_mode_says_so():
+    with pytest.warns(UserWarning, match=rf"Arguments `y_true` and `y_pred`: {OUTSIDE}; exact mode"):
+        kldiv.kl_divergence(COUNTS, COUNTS + 1, epsilon=0)
+    with pytest.warns(UserWarning, match="--normalize"):
+        kldiv.KLDivergence()(COUNTS, PROBS)
+
+
+@pytest.mark.parametrize("backend", ["core", "numba"])
+def test_masked_rows_and_other_formats_do_not_warn(backend):
+    t = _large(5)
+    keep = np.ones(64, dtype=bool)
+    keep[5] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kldiv.KLDivergence(backend=backend)(t, _large(None), mask=keep)
+        kldiv.KLDivergence(backend=backend, y_true_format="logits")(t * 40.0, _large(None))
+        kldiv.KLDivergence(backend=backend, y_pred_format="log_probs")(_large(None), np.log(_large(None)))
+
+
+def test_validate_raises_instead_of_warning():
+    with pytest.raises(ValueError, match=r"`y_true`: expected probabilities in \[0, 1\]"):
+        kldiv.KLDivergence(validate=True)(COUNTS, PROBS)
+
+
+def test_framework_tensors_are_not_inspected():
+    """Looking would wait for the tensor's device: documented, and ``validate=True`` is the check."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kldiv.torch.KLDivergence()(torch.tensor(COUNTS), torch.tensor(PROBS))
+
+
 def test_valid_inputs_do_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

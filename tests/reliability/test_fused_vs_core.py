@@ -20,10 +20,16 @@ from the float64 result than the core's own float32 result).
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
+import array_api_compat.torch
 import numpy as np
 import pytest
 import torch
@@ -32,6 +38,7 @@ from hypothesis import strategies as st
 from test_kernels_vs_core import DENORMAL, assert_same
 
 import kldiv
+from kldiv.core import topk
 from kldiv.torch import (
     FusedLinearJSDivergence,
     FusedLinearKLDivergence,
@@ -72,6 +79,8 @@ class Case:
     labels: np.ndarray | None = None
     mask: np.ndarray | None = None
     chunk_size: int = CHUNK
+    topk_indices: np.ndarray | None = None  # a sparse teacher: ``teacher`` holds its top-k values
+    topk_format: str = "log_probs"
 
     @property
     def fused(self) -> bool:
@@ -108,19 +117,21 @@ def _results(value: torch.Tensor, leaves: dict[str, torch.Tensor]) -> dict[str, 
 
 def through_path(path: str, case: Case, options: dict, reduction: str) -> dict[str, np.ndarray]:
     """The chunked (or fused-linear) loss of ``case`` through chunk path ``path``."""
-    backend, teacher_grad = PATHS[path]
+    backend, teacher_grad = (PATHS | TRITON_PATHS)[path]
     leaves = case.tensors(torch.float32, teacher_grad)
     arguments = {**options, **backend, "reduction": reduction, "chunk_size": case.chunk_size}
     js = "beta" in options
     if case.fused:
-        module = (FusedLinearJSDivergence if js else FusedLinearKLDivergence)(**arguments)
-        value = module(
-            leaves["hidden"],
-            leaves["weight"],
-            leaves["bias"],
-            teacher_logits=leaves["teacher"],
-            **case.call(),
-        )
+        module_type = FusedLinearJSDivergence if js else FusedLinearKLDivergence
+        if case.topk_indices is not None:
+            module = module_type(**arguments, teacher_topk_format=case.topk_format)
+            teacher = {
+                "teacher_topk_indices": torch.tensor(case.topk_indices),
+                "teacher_topk_values": leaves["teacher"],
+            }
+        else:
+            module, teacher = module_type(**arguments), {"teacher_logits": leaves["teacher"]}
+        value = module(leaves["hidden"], leaves["weight"], leaves["bias"], **teacher, **case.call())
     else:
         function = chunked_js_divergence if js else chunked_kl_divergence
         value = function(leaves["teacher"], leaves["student"], **arguments, **case.call())
@@ -136,40 +147,58 @@ def through_core(case: Case, options: dict, reduction: str, dtype: torch.dtype) 
     else:
         student = leaves["student"]
     loss_type = kldiv.JSDivergence if "beta" in options else kldiv.KLDivergence
-    loss = loss_type(reduction=reduction, y_true_format="logits", from_logits=True, backend="core", **options)
-    return _results(loss(leaves["teacher"], student, **case.call()), leaves)
+    teacher, formats = leaves["teacher"], {"y_true_format": "logits", "from_logits": True}
+    if case.topk_indices is not None:
+        # The core's coarsened distributions of the whole batch at once (no chunks), log-probabilities.
+        teacher, student = topk.sparse_log_probs(
+            array_api_compat.torch,
+            student,
+            torch.tensor(case.topk_indices),
+            teacher,
+            case.topk_format,
+            exclude=lambda s, top: s.scatter(-1, top, -math.inf),
+        )
+        formats = {"y_true_format": "log_probs", "y_pred_format": "log_probs"}
+    loss = loss_type(reduction=reduction, backend="core", **formats, **options)
+    return _results(loss(teacher, student, **case.call()), leaves)
 
 
-# Symmetric KL through the Numba kernel on logits of size ≥ 1e15: the forward and reverse
-# gradients w.r.t. the log-probabilities (the reverse one ~|b − a| ~ 1e30 at the student's top entry)
-# are summed before the log-softmax chain rule and cancel there to O(1), below the float64 ulp of
-# 1e30; the core's autograd takes the chain rule of each direction apart and keeps the O(1) part.
-# (Teacher [1e30, -0.4], student [-inf, 0.3]: the core's ∂/∂u₁ = 1, the kernel's 0.) The kernel's
-# formula, not the chunk engine: the exclusion CANCELLING of test_kernels_vs_core.py.
-CANCELLING_LOGIT = 1e15
+def conditioning(case: Case, options: dict) -> dict[str, Any]:
+    """The size of the terms each gradient's float32 computation cancels (see ``assert_same``).
 
-
-def _cancels(case: Case, options: dict) -> bool:
-    if options.get("direction") != "symmetric":
-        return False
+    A log-probability is as large as the row's largest finite logit ``L`` (over ``T``): the reverse
+    KL's and JS's ``∂ℓ/∂b = q (b − a + 1)`` are then ~``L`` and the softmax chain rule cancels them to
+    O(1), each implementation rounding ``L``-sized terms its own way; times the largest upstream
+    weight (2, ``_weights``). The student's hidden states, weight and bias see a ``[V]`` sum of those
+    entries through the matmul. Rows of ordinary logits get a negligible allowance.
+    """
     student = case.student if not case.fused else case.hidden @ case.weight.T + case.bias
-    logits = np.concatenate([case.teacher.ravel(), student.ravel()])
-    return bool(np.any(np.abs(logits[np.isfinite(logits)]) >= CANCELLING_LOGIT))
+    rows = np.concatenate([case.teacher.reshape(len(student), -1), student], axis=-1).astype(np.float64)
+    finite = np.where(np.isfinite(rows), np.abs(rows), 0.0)
+    per_row = 2.0 * finite.max(axis=-1, keepdims=True) / options["temperature"]
+    bound = {"grad student": per_row, "grad teacher": per_row}
+    if case.fused:
+        vocab = student.shape[-1]
+        weight = np.where(np.isfinite(case.weight), np.abs(case.weight), 0.0).max(initial=0.0)
+        hidden = np.where(np.isfinite(case.hidden), np.abs(case.hidden), 0.0).max(initial=0.0)
+        bound["grad hidden"] = per_row * vocab * weight
+        bound["grad weight"] = per_row.max(initial=0.0) * len(student) * hidden
+        bound["grad bias"] = per_row.max(initial=0.0) * len(student)
+    return bound
 
 
 def check(case: Case, options: dict, reduction: str, paths=PATHS, name: str = "") -> None:
     """Every chunk path in ``paths`` equals the core on ``case`` (value and every gradient)."""
+    scales = conditioning(case, options)
     with np.errstate(all="ignore"):
         want = through_core(case, options, reduction, torch.float32)
         truth = through_core(case, options, reduction, torch.float64)
         for path in paths:
-            if path == "numba" and _cancels(case, options):
-                continue
             got = through_path(path, case, options, reduction)
             for key, result in got.items():
                 what = f"{name} {path} {key} {options} reduction={reduction}"
                 assert result.shape == want[key].shape, what
-                assert_same(result, want[key], truth[key], what)
+                assert_same(result, want[key], truth[key], what, scales.get(key, 0.0))
 
 
 def every_option(case: Case, name: str) -> None:
@@ -267,8 +296,54 @@ def fused_cases() -> dict[str, Case]:
     return {name: replace(case, teacher=case.teacher.astype(np.float32)) for name, case in cases.items()}
 
 
+def topk_cases() -> dict[str, Case]:
+    """Named sparse teachers (``teacher_topk_indices`` / ``_values``) for the fused-linear loss, hostile
+    values among the top-k values and the student's logits: ``name -> Case``."""
+    rng = np.random.default_rng(5)
+    hidden = rng.standard_normal((ROWS, HIDDEN)).astype(np.float32)
+    weight = rng.standard_normal((VOCAB, HIDDEN)).astype(np.float32)
+    bias = rng.standard_normal(VOCAB).astype(np.float32)
+    teacher = _logits(1)
+    k = 3
+    indices = np.argsort(-teacher, axis=-1)[:, :k]
+    log_probs = teacher - np.log(np.exp(teacher).sum(-1, keepdims=True))
+    top = np.take_along_axis(log_probs, indices, -1).astype(np.float32)
+
+    def case(values=top, idx=indices, topk_format="log_probs", **student) -> Case:
+        arrays = {"hidden": hidden, "weight": weight, "bias": bias, **student}
+        return Case(teacher=values.copy(), topk_indices=idx, topk_format=topk_format, **arrays)
+
+    cases = {"finite": case(), "finite_logits_format": case(np.take_along_axis(teacher, indices, -1))}
+    full = np.argsort(-teacher, axis=-1)
+    cases["k_equals_vocab"] = case(np.take_along_axis(log_probs, full, -1).astype(np.float32), full)
+    for value, name in ((math.nan, "nan"), (math.inf, "inf"), (-math.inf, "neg_inf")):
+        values = top.copy()
+        values[1, 2] = value
+        cases[f"value_{name}"] = case(values)
+        cases[f"value_{name}_logits_format"] = case(values, topk_format="logits")
+        b = bias.copy()
+        b[indices[2, 0]] = value  # a student logit inside the top-k of row 2 (and a column elsewhere)
+        cases[f"student_{name}"] = case(bias=b)
+    values = top.copy()
+    values[3] = 0.0  # mass 3 > 1: the tail bucket's log(1 − min(1, mass)) is -inf
+    cases["teacher_mass_above_one"] = case(values)
+    values = top.copy()
+    values[0] = -math.inf  # no mass in the top-k: the tail holds it all
+    cases["teacher_row_all_neg_inf"] = case(values)
+    cases["huge_student"] = case(hidden=1e29 * hidden)
+    values = top.copy()
+    values[1, 0] = math.nan
+    labels = np.array([0, -100, 2, 3, -100, -100])
+    cases["masked_hostile_rows_labels"] = case(values, labels=labels)
+    cases["all_masked_mask"] = case(values, mask=np.zeros(ROWS, dtype=bool))
+    return cases
+
+
 CHUNKED = chunked_cases()
 FUSED = fused_cases()
+TOPK = topk_cases()
+# A sparse teacher takes autograd through the core in every chunk (no kernel, no temperature).
+TOPK_OPTIONS = [(options, reduction) for options, reduction in ALL_OPTIONS if options["temperature"] == 1.0]
 
 
 @pytest.mark.parametrize("name", sorted(CHUNKED))
@@ -279,6 +354,12 @@ def test_chunked_named_edge_case(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(FUSED))
 def test_fused_linear_named_edge_case(name: str) -> None:
     every_option(FUSED[name], f"fused {name}")
+
+
+@pytest.mark.parametrize("name", sorted(TOPK))
+def test_topk_teacher_named_edge_case(name: str) -> None:
+    for options, reduction in TOPK_OPTIONS:
+        check(TOPK[name], options, reduction, paths={"core": PATHS["core"]}, name=f"top-k {name}")
 
 
 @st.composite
@@ -323,3 +404,44 @@ def test_chunked_hostile_values(case) -> None:
 @given(case=hostile_case(fused=True))
 def test_fused_linear_hostile_values(case) -> None:
     check(*case, name="fused hypothesis")
+
+
+# The Triton chunk path, under Triton's interpreter in a subprocess (this file run as a script): CPU
+# tensors described to the plan as CUDA ones, so that every chunk runs the Triton kernel.
+TRITON_PATHS = {"triton": ({"backend": "triton"}, False)}
+# Per-token values and a non-uniform upstream gradient (the other reductions only rescale the rows'
+# coefficients, as on the Numba path): the interpreter runs about 0.1 s a call.
+TRITON_OPTIONS = [(options, reduction) for options, reduction in ALL_OPTIONS if reduction == "none"]
+
+
+def triton_main() -> None:
+    from kldiv.fused import _torch_chunks
+
+    _torch_chunks.DEVICE_ARRAYS["cpu"] = "cuda"
+    failures = []
+    for kind, cases in (("chunked", CHUNKED), ("fused", FUSED)):
+        for name, case in sorted(cases.items()):
+            for options, reduction in TRITON_OPTIONS:
+                try:
+                    check(case, options, reduction, paths=TRITON_PATHS, name=f"{kind} {name}")
+                except AssertionError as error:
+                    failures.append(f"{kind} {name}: {str(error)[:600]}")
+                    break
+    print(json.dumps(failures))
+
+
+def test_triton_chunks_agree_with_core() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    here = str(Path(__file__).resolve().parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, here, env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve())], env=env, capture_output=True, text=True, timeout=1200
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    failures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert failures == [], "\n".join(failures[:8])
+
+
+if __name__ == "__main__":
+    triton_main()

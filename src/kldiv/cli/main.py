@@ -1,7 +1,8 @@
 """Entry point of the ``kldiv`` command (``kldiv = "kldiv.cli.main:main"``).
 
 Every error, argparse's included, is reported as one line ``kldiv: error: <message>`` on stderr
-with exit status 2. Subcommands dispatch in :func:`main` on ``argv[0]`` before the default command
+with exit status 2; a library warning (e.g. probabilities outside [0, 1]) as one line
+``kldiv: warning: <message>``. Subcommands dispatch in :func:`main` on ``argv[0]`` before the default command
 :func:`divergence_command`: ``kldiv bench`` (:mod:`kldiv.cli.bench_kl`) and ``kldiv bench
 fused-linear`` (:mod:`kldiv.cli.bench_fused`), each imported only then; they parse, check and print,
 and the measuring is :mod:`kldiv.bench`'s.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from . import compute, report
@@ -41,9 +43,13 @@ def divergence_command(argv: list[str]) -> int:
     """``kldiv Y_TRUE Y_PRED [options]``: compute, then print a table or JSON."""
     try:
         args = build_parser().parse_args(argv)
-        result = compute.run(args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = compute.run(args)
     except ERRORS as exc:
         return fail(exc)
+    for warning in {str(w.message): w for w in caught}:  # each message once, as one line
+        print(f"kldiv: warning: {' '.join(warning.split())}", file=sys.stderr)
     try:
         if args.json:
             print(report.as_json(result))

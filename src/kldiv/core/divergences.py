@@ -94,6 +94,20 @@ def logsumexp(xp: Namespace, x: Array, axis: int) -> Array:
     return top + xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
 
+def clip(xp: Namespace, x: Array, low: float, high: float) -> Array:
+    """Keras' clip to ``[low, high]`` (a NaN stays NaN) with the gradient of ``torch.clamp``: 1 inside
+    the closed interval, 0 outside it *and at NaN*.
+
+    ``xp.clip`` would leave the gradient at NaN to the framework: ``torch.clamp`` passes 0, JAX's
+    ``clip`` (a ``minimum`` of a ``maximum``) passes the NaN cotangent on, which the log-softmax's
+    backward then spreads over the row. One rule here for every namespace (and the kernels, which
+    follow ``torch.clamp``)."""
+    inside = (x >= low) & (x <= high)
+    nan = xp.full_like(x, math.nan)
+    outside = xp.where(x < low, xp.full_like(x, low), xp.where(x > high, xp.full_like(x, high), nan))
+    return xp.where(inside, x, outside)
+
+
 def _where(xp: Namespace, mask: Array | None, value: float, x: Array) -> Array:
     """``where(mask, value, x)``; ``x`` itself when there is no mask."""
     if mask is None:
@@ -117,16 +131,16 @@ class Distribution:
         self.probs: Array | None = None
         self.log_probs: Array | None = None
         if fmt == "probs" and temperature == 1.0:
-            self.probs = xp.clip(x, epsilon, 1.0) if epsilon > 0 else x
+            self.probs = clip(xp, x, epsilon, 1.0) if epsilon > 0 else x
             return
         log_x = x
         if fmt == "probs":
-            log_x = xp.log(xp.clip(x, epsilon, 1.0) if epsilon > 0 else x)
+            log_x = xp.log(clip(xp, x, epsilon, 1.0) if epsilon > 0 else x)
         if temperature != 1.0:
             log_x = log_x / temperature
         if fmt == "logits" or temperature != 1.0:
             log_x = log_softmax(xp, log_x, axis)
-        self.log_probs = xp.clip(log_x, math.log(epsilon), 0.0) if epsilon > 0 else log_x
+        self.log_probs = clip(xp, log_x, math.log(epsilon), 0.0) if epsilon > 0 else log_x
 
     def zeros(self) -> Array | None:
         """Where the probability is exactly 0 (exact mode only; Keras mode has none)."""

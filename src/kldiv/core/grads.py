@@ -29,7 +29,10 @@ any product (``0 · log 0`` never appears); JS_β takes ``m`` from the other sid
 
 The kernels then chain ``∂ℓ/∂b`` to the input format: through ``b = log_softmax(u / T)`` it is
 :func:`softmax_chain`; through ``b = log p`` it is ``g / p``; through ``b = u`` it is ``g``; Keras'
-clip makes it 0 where the input was clipped.
+clip makes it 0 where the input was clipped. The symmetric KL (forward + reverse) is chained one
+direction at a time, as autograd through the core does: summed first, the reverse gradient
+``q (b − a + 1)`` (of size ``|a|`` where the logits are huge) would absorb the forward one's ``−t``
+before :func:`softmax_chain` cancels it again, and the O(1) result ``q − t`` would be lost.
 """
 
 from __future__ import annotations

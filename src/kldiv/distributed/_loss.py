@@ -73,6 +73,7 @@ def prepare(loss: Any, teacher: Array, student: Array, **arguments: Unpack[CallA
         keras3_shapes=keras3,
         mask=arguments.get("mask"),
         labels=arguments.get("labels"),
+        shard=True,
     )
     prepared.widen()
     xp, axis = prepared.xp, prepared.axis

@@ -41,7 +41,7 @@ import math
 from typing import Any, Protocol
 
 from ..core import grads
-from ..core.divergences import log_softmax
+from ..core.divergences import clip, log_softmax
 from ..options import Options
 
 Array = Any
@@ -136,12 +136,25 @@ def local_terms(xp: Namespace, c_teacher: Array, c_student: Array, options: Opti
     a, b = c_teacher, c_student
     if options.epsilon > 0:
         low = math.log(options.epsilon)
-        a, b = xp.clip(a, low, 0.0), xp.clip(b, low, 0.0)
+        a, b = clip(xp, a, low, 0.0), clip(xp, b, low, 0.0)
     terms = _js_terms if options.beta is not None else _kl_terms
     term, g = terms(xp, a, b, options)
     if options.epsilon > 0:
         g = xp.where(b == c_student, g, xp.zeros_like(g))  # Keras' clip passes no gradient
     return xp.sum(term, axis=-1), g
+
+
+def chained_apart(options: Options) -> list[Options]:
+    """The divergences whose gradients take the log-softmax chain rule one at a time: forward and
+    reverse for the symmetric KL, else ``options`` alone.
+
+    Summed first, a reverse gradient of ~|b − a| (logits of 1e30, or 1e3 in float32) would cancel
+    the forward one's O(1) part in ``g − softmax · G`` (:mod:`kldiv.core.grads`: the kernels chain
+    each direction apart too, and autograd through the core does in effect).
+    """
+    if options.beta is None and options.direction == "symmetric":
+        return [dataclasses.replace(options, direction=d) for d in ("forward", "reverse")]
+    return [options]
 
 
 def row_divergence(
@@ -162,12 +175,7 @@ def row_divergence(
         by the log-softmax chain rule ``(g'_j − exp(c_j) · G) / T`` with ``G`` all-reduced.
     """
     c_teacher, c_student = log_probs(xp, teacher, student, options, comm)
-    # Symmetric KL: each direction takes the chain rule apart (as autograd through the core does in
-    # effect): summed first, a reverse gradient of ~|b − a| (logits of 1e30) would cancel the forward
-    # one's O(1) part in ``g − softmax · G``.
-    parts = [options]
-    if options.beta is None and options.direction == "symmetric":
-        parts = [dataclasses.replace(options, direction=d) for d in ("forward", "reverse")]
+    parts = chained_apart(options)
     terms = [local_terms(xp, c_teacher, c_student, part) for part in parts]
     partial = terms[0][0] if len(terms) == 1 else terms[0][0] + terms[1][0]
     totals = comm.all_sum(xp.stack([partial, *(xp.sum(g, axis=-1) for _, g in terms)]))

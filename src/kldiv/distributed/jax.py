@@ -132,8 +132,15 @@ def _rows(teacher: Array, student: Array, options: Options, axis_name: AxisName)
     transposes the collectives — correct with and without ``check_vma``, in ``shard_map`` and ``pmap``.
     """
     comm = _Collectives(axis_name)
-    c_teacher, c_student = _vocab.log_probs(jnp, jax.lax.stop_gradient(teacher), student, options, comm)
-    return comm.all_sum(_partial_rows(c_teacher, c_student, options, axis_name))
+    teacher = jax.lax.stop_gradient(teacher)
+    total = None
+    for part in _vocab.chained_apart(options):
+        # A log-softmax of its own for each direction of the symmetric KL, so that JAX chains their
+        # gradients apart (summed first, the reverse one would absorb the forward one; see there).
+        c_teacher, c_student = _vocab.log_probs(jnp, teacher, student, part, comm)
+        partial = _partial_rows(c_teacher, c_student, part, axis_name)
+        total = partial if total is None else total + partial
+    return comm.all_sum(total)
 
 
 def _vocab_parallel(

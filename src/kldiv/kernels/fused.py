@@ -27,16 +27,32 @@ def per_sample_numpy(
     batch_shape, n = p.shape[:-1], p.shape[-1]
     rows = math.prod(batch_shape)
     keep_rows = None if keep is None else np.broadcast_to(keep, batch_shape).reshape(rows)
+    outside = np.empty(rows, dtype=np.uint8)
     values, _ = fused_rows(
         t.reshape(rows, n),
         p.reshape(rows, n),
         np.ones(rows),
         keep_rows,
         want_grad=False,
+        outside=outside,
         **options.formula_arguments(),
     )
+    if not options.validate:  # (validate=True has raised on such values already)
+        _warn_outside(options, np.bitwise_or.reduce(outside) if rows else 0)
     values *= options.loss_scale
     return values.astype(p.dtype, copy=False).reshape(batch_shape)
+
+
+def _warn_outside(options: Any, bits: int) -> None:
+    """The warning of :func:`kldiv._validate.warn_outside_unit_interval` for a kernel's row flags."""
+    from .._validate import warn_outside_unit_interval
+    from .numba_cpu import OUTSIDE_PRED, OUTSIDE_TRUE
+
+    outside = [
+        argument for argument, bit in (("y_true", OUTSIDE_TRUE), ("y_pred", OUTSIDE_PRED)) if bits & bit
+    ]
+    if outside:
+        warn_outside_unit_interval(outside, options.epsilon)
 
 
 def per_sample_torch(

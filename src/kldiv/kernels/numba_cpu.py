@@ -51,6 +51,8 @@ from ._fastmath import FASTMATH, fast_exp, fast_log, fast_log_normal, like, maxn
 PROBS, LOG_PROBS, LOGITS = 0, 1, 2
 FORMAT_CODES = {"probs": PROBS, "log_probs": LOG_PROBS, "logits": LOGITS}
 FORWARD, REVERSE, SYMMETRIC, JENSEN_SHANNON = 0, 1, 2, 3
+OUTSIDE_TRUE, OUTSIDE_PRED = 1, 2
+"""Bits of a kernel's ``outside`` row flags: that side, given as probabilities, leaves ``[0, 1]``."""
 DIRECTION_CODES = {"forward": FORWARD, "reverse": REVERSE, "symmetric": SYMMETRIC}
 BLOCK = 512
 # How the gradient w.r.t. y_pred is finished: through log_softmax (logits, or T ≠ 1), ``g / p``
@@ -106,10 +108,11 @@ def _log_probs_of(x, fmt, use_lse, keep_e, epsilon, inv_t, log_scratch, exp_scra
 
     ``u`` is ``log clip(x)`` for probabilities (written to ``log_scratch``, which becomes ``src``)
     and ``x`` itself otherwise (read in place, never copied). Where ``use_lse``,
-    ``c = log_softmax(u / T) = (u/T − top) − log Σ exp(u/T − top)``, ``top = max u/T``, and the
-    exponentials of the sum are kept in ``exp_scratch`` (no second ``exp`` for the probabilities);
-    else ``c = u / T`` and ``e = exp(c)`` takes a pass of its own. ``keep_e`` must be a compile-time
-    constant (the caller knows which sides' probabilities its divergence reads).
+    ``c = log_softmax(u / T) = (u/T − top) − log Σ exp(u/T − top)``, ``top = max u/T``: the
+    shifted ``u/T − top`` is written to ``log_scratch`` (the side's ``src`` then, with factor 1 and
+    top 0) and the exponentials of the sum are kept in ``exp_scratch`` (no second ``exp`` for the
+    probabilities); else ``c = u / T`` and ``e = exp(c)`` takes a pass of its own. ``keep_e`` must be
+    a compile-time constant (the caller knows which sides' probabilities its divergence reads).
     """
     n = x.shape[0]
     one = like(x[0], 1.0)
@@ -141,7 +144,12 @@ def _log_probs_of(x, fmt, use_lse, keep_e, epsilon, inv_t, log_scratch, exp_scra
     for start in range(0, n, BLOCK):
         block = zero
         for i in range(start, min(start + BLOCK, n)):
-            e = fast_exp(src[i] * factor - top)
+            # Stored, so that c = (u/T − top) − log Σ is formed in that order: under ``reassoc``
+            # LLVM would fold the two loop-invariant subtrahends into u/T − (top + log Σ), which
+            # loses log Σ where |top| ≥ 2²⁴ (logits [1e10, 1e10] gave c = 0 instead of −log 2).
+            shifted = src[i] * factor - top
+            log_scratch[i] = shifted
+            e = fast_exp(shifted)
             if keep_e:
                 exp_scratch[i] = e
             block += e
@@ -149,7 +157,7 @@ def _log_probs_of(x, fmt, use_lse, keep_e, epsilon, inv_t, log_scratch, exp_scra
     log_total = math.log(total)
     # 1 / Σ e without dividing (Numba raises on 0): an all-(-inf) row has Σ e = 0, and its
     # probabilities 0 · inf = NaN, as the core's exp(-inf - (-inf)).
-    return src, factor, top, like(top, log_total), exp_scratch, like(top, math.exp(-log_total))
+    return log_scratch, one, zero, like(top, log_total), exp_scratch, like(top, math.exp(-log_total))
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
@@ -157,6 +165,29 @@ def _c(side, i):
     """Entry ``i`` of a side's log-probabilities ``c`` (see :func:`_log_probs_of`)."""
     src, factor, top, log_total, _, _ = side
     return (src[i] * factor - top) - log_total
+
+
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def _outside_unit(row):
+    """1 if an entry of ``row`` lies outside ``[0, 1]``, else 0 (NaN is not outside: it has its own
+    rule). A pass over a row the kernel is about to read from the cache anyway."""
+    zero, one = like(row[0], 0.0), like(row[0], 1.0)
+    found = 0
+    for i in range(row.shape[0]):
+        x = row[i]
+        found |= (x < zero) | (x > one)
+    return found
+
+
+@njit(inline="always", cache=True)
+def _check_rows(t_row, p_row, true_probs, pred_probs):
+    """The :data:`OUTSIDE_TRUE` / :data:`OUTSIDE_PRED` bits of a row whose sides are probabilities."""
+    bits = 0
+    if true_probs:
+        bits |= OUTSIDE_TRUE * _outside_unit(t_row)
+    if pred_probs:
+        bits |= OUTSIDE_PRED * _outside_unit(p_row)
+    return bits
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
@@ -170,30 +201,35 @@ def _prob(side, i, exact, low, one):
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
 def _element(a, t, b, q, kind, exact, beta, log_beta, log1m_beta):
-    """``(term, ∂ℓ/∂b)`` of one entry (:func:`kldiv.core.grads.forward_element`, ``reverse_element``,
-    ``js_element``). A zero probability is a log of ``-inf``, as in the core's ``Distribution.zeros``;
-    it occurs only in exact mode (Keras mode clips the logs to ``[log ε, 0]``); the mode test lets
-    LLVM drop the masks from Keras-mode loops (``exact`` is loop-invariant). ``kind`` is a compile-time
-    constant at every call site: each loop keeps one divergence."""
+    """``(term, ∂ℓ/∂b, reverse part of ∂ℓ/∂b)`` of one entry (:func:`kldiv.core.grads.forward_element`,
+    ``reverse_element``, ``js_element``). The symmetric KL returns its forward and reverse gradients
+    apart (:func:`kldiv.core.grads.softmax_chain`'s rule for it); every other kind returns 0 as the
+    third. A zero probability is a log of ``-inf``, as in the core's ``Distribution.zeros``; it occurs
+    only in exact mode (Keras mode clips the logs to ``[log ε, 0]``); the mode test lets LLVM drop the
+    masks from Keras-mode loops (``exact`` is loop-invariant). ``kind`` is a compile-time constant at
+    every call site: each loop keeps one divergence."""
     t_zero, q_zero = exact and a == -math.inf, exact and b == -math.inf
+    zero = like(a, 0.0)
     # Not ``kind in (FORWARD, SYMMETRIC)``: Numba does not fold a tuple membership test, and the
     # runtime branch left behind stops LLVM vectorizing the caller's loop (2× slower).
     if kind == FORWARD or kind == SYMMETRIC:  # noqa: SIM109
         term, g = forward_element(t, a, b, t_zero)
         if kind == SYMMETRIC:
             reverse, reverse_g = reverse_element(q, a, b, q_zero)
-            term += reverse
-            g += reverse_g
-        return term, g
+            return term + reverse, g, reverse_g
+        return term, g, zero
     if kind == REVERSE:
-        return reverse_element(q, a, b, q_zero)
-    return js_element(t, q, a, b, t_zero, q_zero, beta, log_beta, log1m_beta)
+        term, g = reverse_element(q, a, b, q_zero)
+        return term, g, zero
+    term, g = js_element(t, q, a, b, t_zero, q_zero, beta, log_beta, log1m_beta)
+    return term, g, zero
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
-def _row_values(a_side, b_side, p_raw, g_row, kind, mode, constants, want_grad):
-    """One row's ``(Σ term, Σ g)``; writes ``g`` (:data:`GRAD_SOFTMAX`) or the finished gradient
-    (see :data:`GRAD_PROBS`) into ``g_row``. ``a_side`` / ``b_side`` give ``c`` of each side
+def _row_values(a_side, b_side, p_raw, g_row, g2_row, kind, mode, constants, want_grad):
+    """One row's ``(Σ term, Σ g, Σ g2)``; writes ``g`` (:data:`GRAD_SOFTMAX`; the symmetric KL's
+    reverse part ``g2`` apart, into ``g2_row``) or the finished gradient (see :data:`GRAD_PROBS`)
+    into ``g_row``. ``a_side`` / ``b_side`` give ``c`` of each side
     (:func:`_log_probs_of`); ``kind`` and ``mode`` are compile-time constants at every call site:
     the loop is branch-free and vectorizes."""
     epsilon, log_epsilon, scale, beta, log_beta, log1m_beta = constants
@@ -207,10 +243,12 @@ def _row_values(a_side, b_side, p_raw, g_row, kind, mode, constants, want_grad):
     beta, log_beta, log1m_beta = like(zero, beta), like(zero, log_beta), like(zero, log1m_beta)
     total = 0.0
     g_total = 0.0
+    g2_total = 0.0
     n = p_raw.shape[0]
     for start in range(0, n, BLOCK):
         block_total = zero
         block_g = zero
+        block_g2 = zero
         for i in range(start, min(start + BLOCK, n)):
             ca = _c(a_side, i)
             a = ca if exact else _clip(ca, log_low, zero)
@@ -225,20 +263,27 @@ def _row_values(a_side, b_side, p_raw, g_row, kind, mode, constants, want_grad):
                 b = c if exact else _clip(c, log_low, zero)
                 kept = exact or b == c
                 q = _prob(b_side, i, exact, low, one)
-            term, g = _element(a, t_i, b, q, kind, exact, beta, log_beta, log1m_beta)
+            term, g, g2 = _element(a, t_i, b, q, kind, exact, beta, log_beta, log1m_beta)
             block_total += term
             if want_grad:
                 g = g if kept else zero
                 if mode == GRAD_SOFTMAX:
                     block_g += g
                     g_row[i] = g
-                elif mode == GRAD_PROBS:
+                    if kind == SYMMETRIC:
+                        g2 = g2 if kept else zero
+                        block_g2 += g2
+                        g2_row[i] = g2
+                    continue
+                g = g + g2  # no chain rule follows: the directions' gradients w.r.t. b simply add
+                if mode == GRAD_PROBS:
                     g_row[i] = (g / p_raw[i] if g != 0.0 else g) * scale
                 else:
                     g_row[i] = g * scale
         total += block_total
         g_total += block_g
-    return total, g_total
+        g2_total += block_g2
+    return total, g_total, g2_total
 
 
 @njit(inline="always", cache=True)
@@ -253,17 +298,23 @@ def _masked_row(r, keep, values, grad, want_grad):
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
-def _softmax_chain(b_side, g_row, p_raw, grad_row, pred_format, epsilon, factor, g_sum):
+def _softmax_chain(b_side, g_row, g2_row, p_raw, grad_row, kind, pred_format, epsilon, factor, sums):
     """``grad ← (g − softmax · Σg) · factor`` (:func:`kldiv.core.grads.softmax_chain`) with
-    ``softmax = exp(c)``; one more ``1/p`` (0 where clipped) when ``u = log clip(p)``. Entry ``i``
-    of ``p_raw`` is read before ``grad_row[i]`` is written (the gradient may overwrite ``y_pred``)."""
+    ``softmax = exp(c)``; for the symmetric KL the same of ``g2`` added, each direction chained
+    apart; one more ``1/p`` (0 where clipped) when ``u = log clip(p)``. Entry ``i`` of ``p_raw`` is
+    read before ``grad_row[i]`` is written (the gradient may overwrite ``y_pred``)."""
     zero = like(b_side[2], 0.0)
+    g_sum, g2_sum = sums
+    factor2 = like(zero, softmax_chain_factor(g2_sum, factor))
     factor = like(zero, softmax_chain_factor(g_sum, factor))
-    g_sum = like(zero, g_sum)
+    g_sum, g2_sum = like(zero, g_sum), like(zero, g2_sum)
     one = like(zero, 1.0)
     low = like(zero, epsilon)
     for i in range(p_raw.shape[0]):
-        value = softmax_chain(g_row[i], b_side[4][i] * b_side[5], g_sum, factor)  # softmax = e_i / Σ e
+        softmax = b_side[4][i] * b_side[5]  # e_i / Σ e
+        value = softmax_chain(g_row[i], softmax, g_sum, factor)
+        if kind == SYMMETRIC:
+            value += softmax_chain(g2_row[i], softmax, g2_sum, factor2)
         if pred_format == PROBS:  # ∂ log p / ∂p = 1 / p (±inf or NaN at p = 0, as autograd's)
             x = p_raw[i]
             inside = x == _clip(x, low, one) if epsilon > 0 else True
@@ -279,7 +330,20 @@ def general_kernel(kind: int, mode: int):
 
     @njit(parallel=True, fastmath=FASTMATH, cache=True)
     def kernel(
-        t, p, coef, keep, values, grad, true_format, pred_format, epsilon, inv_t, beta, want_grad, parts
+        t,
+        p,
+        coef,
+        keep,
+        values,
+        grad,
+        outside,
+        true_format,
+        pred_format,
+        epsilon,
+        inv_t,
+        beta,
+        want_grad,
+        parts,
     ):
         rows, n = p.shape
         true_lse = true_format == LOGITS or inv_t != 1.0
@@ -298,10 +362,12 @@ def general_kernel(kind: int, mode: int):
             # for probabilities, each side's exponentials of the log-sum-exp, g before the chain rule.
             log_scratch = np.empty((2, n), dtype=p.dtype)
             exp_scratch = np.empty((2, n), dtype=p.dtype)
-            g_scratch = np.empty(n, dtype=p.dtype)
+            g_scratch = np.empty((2, n), dtype=p.dtype)
             for r in range(part * rows // parts, (part + 1) * rows // parts):
                 if _masked_row(r, keep, values, grad, want_grad):
+                    outside[r] = 0
                     continue
+                outside[r] = _check_rows(t[r], p[r], true_format == PROBS, pred_format == PROBS)
                 grad_row = grad[r] if want_grad else grad[0]
                 a_side = _log_probs_of(
                     t[r], true_format, true_lse, keep_true, epsilon, inv_t, log_scratch[0], exp_scratch[0]
@@ -310,12 +376,17 @@ def general_kernel(kind: int, mode: int):
                     p[r], pred_format, pred_lse, keep_pred, epsilon, inv_t, log_scratch[1], exp_scratch[1]
                 )
                 constants = (epsilon, log_epsilon, coef[r], beta, log_beta, log1m_beta)
-                g_row = g_scratch if pred_lse else grad_row
-                total, g_sum = _row_values(a_side, b_side, p[r], g_row, kind, mode, constants, want_grad)
+                g_row = g_scratch[0] if pred_lse else grad_row
+                g2_row = g_scratch[1] if pred_lse else grad_row
+                # fmt: off
+                total, g_sum, g2_sum = _row_values(
+                    a_side, b_side, p[r], g_row, g2_row, kind, mode, constants, want_grad)
                 values[r] = total
                 if want_grad and pred_lse:
                     factor = inv_t * coef[r]
-                    _softmax_chain(b_side, g_row, p[r], grad_row, pred_format, epsilon, factor, g_sum)
+                    _softmax_chain(b_side, g_row, g2_row, p[r], grad_row, kind, pred_format, epsilon,
+                                   factor, (g_sum, g2_sum))
+                # fmt: on
 
     return kernel
 
@@ -368,14 +439,16 @@ def _any_forward_block(t_row, p_row, start, stop, epsilon, grad_row, scale, want
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def forward_probs_kernel(t, p, coef, keep, values, grad, epsilon, want_grad):
+def forward_probs_kernel(t, p, coef, keep, values, grad, outside, epsilon, want_grad):
     """Forward KL of probabilities, ``T = 1``: Keras' program ``t·log(t/p)``, ``∂/∂p = −t/p``."""
     rows, n = p.shape
     normal_clip = epsilon >= SMALLEST_NORMAL_FLOAT32
     for r in prange(rows):
         if _masked_row(r, keep, values, grad, want_grad):
+            outside[r] = 0
             continue
         t_row, p_row = t[r], p[r]
+        outside[r] = _check_rows(t_row, p_row, True, True)
         grad_row = grad[r] if want_grad else grad[0]
         scale = like(p_row[0], coef[r])
         low = like(p_row[0], epsilon)
@@ -403,13 +476,16 @@ def fused_rows(
     temperature: float,
     want_grad: bool,
     out: np.ndarray | None = None,
+    outside: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-row divergence ``[rows]`` (float64) and, if asked, ``coef[:, None] · ∂value/∂y_pred``;
     rows whose ``keep`` is 0 give 0 and a zero gradient.
 
     ``y_true`` and ``y_pred`` are C-contiguous ``[rows, n]`` arrays of one dtype (float32/float64).
     ``out`` (optional, like ``y_pred``) receives the gradient; it may be ``y_pred`` itself: every
-    kernel reads an entry of ``y_pred`` before it writes that entry of the gradient.
+    kernel reads an entry of ``y_pred`` before it writes that entry of the gradient. ``outside``
+    (optional, ``[rows]`` uint8) receives each kept row's :data:`OUTSIDE_TRUE` / :data:`OUTSIDE_PRED`
+    bits (a side given as probabilities with an entry outside ``[0, 1]``), found in the same pass.
     """
     kind = JENSEN_SHANNON if beta is not None else DIRECTION_CODES[direction]
     values = np.empty(y_pred.shape[0], dtype=np.float64)
@@ -426,12 +502,17 @@ def fused_rows(
         grad = out
     keep = np.ones(y_pred.shape[0], dtype=np.uint8) if keep is None else keep.astype(np.uint8, copy=False)
     coef = np.ascontiguousarray(coef, dtype=np.float64)
+    if outside is None:
+        outside = np.empty(y_pred.shape[0], dtype=np.uint8)
     if y_pred.shape[1] == 0:
         values[:] = 0.0
+        outside[:] = 0
         return values, (grad if want_grad else None)
     with _launch_guard():
         if kind == FORWARD and true_format == pred_format == "probs" and temperature == 1.0:
-            forward_probs_kernel(y_true, y_pred, coef, keep, values, grad, float(epsilon), bool(want_grad))
+            forward_probs_kernel(
+                y_true, y_pred, coef, keep, values, grad, outside, float(epsilon), bool(want_grad)
+            )
         else:
             inv_t = 1.0 / float(temperature)
             pred_code = FORMAT_CODES[pred_format]
@@ -446,6 +527,7 @@ def fused_rows(
                 keep,
                 values,
                 grad,
+                outside,
                 FORMAT_CODES[true_format],
                 pred_code,
                 float(epsilon),

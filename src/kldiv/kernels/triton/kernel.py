@@ -95,7 +95,9 @@ def _log_sum_exp(
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """``log Σ_i exp(u_i / T)`` of one row, online; shifted by 0 when the maximum is not finite."""
+    """``(shift, log Σ_i exp(u_i / T − shift))`` of one row, online; ``shift`` is the maximum, 0 when it
+    is not finite. Kept apart, so that ``c = (u/T − shift) − log Σ`` loses nothing where
+    ``|shift| ≥ 2²⁴`` (their sum would round ``log Σ`` away: logits [1e10, 1e10] gave c = 0)."""
     top = tl.full((), float("-inf"), ACC)
     total = tl.zeros((), ACC)
     for start in range(0, n, BLOCK):
@@ -109,16 +111,24 @@ def _log_sum_exp(
         rescaled = tl.where(total == 0.0, 0.0, total * tl.exp(old_shift - shift))
         total = rescaled + tl.sum(tl.exp(s - shift), axis=0)
         top = new_top
-    return tl.where(tl.abs(top) < float("inf"), top, 0.0) + tl.log(total)
+    return tl.where(tl.abs(top) < float("inf"), top, 0.0), tl.log(total)
 
 
 @triton.jit
 def _side(
-    x, FORMAT: tl.constexpr, USE_LSE: tl.constexpr, CLIP: tl.constexpr, lse, epsilon, log_epsilon, inv_t
+    x,
+    FORMAT: tl.constexpr,
+    USE_LSE: tl.constexpr,
+    CLIP: tl.constexpr,
+    shift,
+    log_total,
+    epsilon,
+    log_epsilon,
+    inv_t,
 ):
     """``(b, q, kept)``: log-probability, probability, whether Keras' clip let the entry through."""
     if USE_LSE:
-        c = _raw_log(x, FORMAT, CLIP, epsilon) * inv_t - lse
+        c = (_raw_log(x, FORMAT, CLIP, epsilon) * inv_t - shift) - log_total
         b = c
         if CLIP:
             b = _clamp(c, log_epsilon, 0.0)
@@ -141,11 +151,14 @@ def _side(
 
 @triton.jit
 def _element(a, t, b, q, KIND: tl.constexpr, beta, log_beta, log1m_beta):
-    """``(term, ∂ℓ/∂b)`` per entry: :func:`kldiv.core.grads.forward_element`, ``reverse_element``,
-    ``js_element``. A zero probability is a log of ``-inf`` (the core's ``Distribution.zeros``); it
-    occurs only in exact mode, Keras mode clips the logs to ``[log ε, 0]``."""
+    """``(term, ∂ℓ/∂b, reverse part)`` per entry: :func:`kldiv.core.grads.forward_element`,
+    ``reverse_element``, ``js_element``; the symmetric KL keeps its reverse gradient apart (each
+    direction is chained through the softmax on its own, :func:`kldiv.core.grads.softmax_chain`),
+    every other kind returns 0 there. A zero probability is a log of ``-inf`` (the core's
+    ``Distribution.zeros``); it occurs only in exact mode, Keras mode clips the logs to ``[log ε, 0]``."""
     t_zero = a == float("-inf")
     q_zero = b == float("-inf")
+    g2 = tl.zeros_like(a)
     if KIND == "js":
         term, g = js_element(t, q, a, b, t_zero, q_zero, beta, log_beta, log1m_beta)
     elif KIND == "forward":
@@ -154,10 +167,9 @@ def _element(a, t, b, q, KIND: tl.constexpr, beta, log_beta, log1m_beta):
         term, g = reverse_element(q, a, b, q_zero)
     else:
         term, g = forward_element(t, a, b, t_zero)
-        reverse, reverse_g = reverse_element(q, a, b, q_zero)
+        reverse, g2 = reverse_element(q, a, b, q_zero)
         term += reverse
-        g += reverse_g
-    return term, g
+    return term, g, g2
 
 
 @triton.jit
@@ -166,8 +178,10 @@ def _tile(
     p_row,
     offsets,
     inside,
-    t_lse,
-    p_lse,
+    t_shift,
+    t_log_total,
+    p_shift,
+    p_log_total,
     epsilon,
     log_epsilon,
     inv_t,
@@ -182,25 +196,53 @@ def _tile(
     PRED_LSE: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """One tile: ``(term, g', x)`` with ``g'`` zero where the clip acted, ``x`` the raw ``y_pred``."""
+    """One tile: ``(term, g', g2', x)`` with ``g'`` (and the symmetric KL's reverse part ``g2'``) zero
+    where the clip acted, ``x`` the raw ``y_pred``. For probabilities without a softmax, ``g2'`` is
+    the part of ``∂ℓ/∂p`` that is proportional to ``q``, already divided by ``p``."""
     xt = tl.load(t_row + offsets, mask=inside, other=1.0).to(ACC)
     xp = tl.load(p_row + offsets, mask=inside, other=1.0).to(ACC)
-    a, t, _ = _side(xt, TRUE_FORMAT, TRUE_LSE, CLIP, t_lse, epsilon, log_epsilon, inv_t)
-    b, q, kept = _side(xp, PRED_FORMAT, PRED_LSE, CLIP, p_lse, epsilon, log_epsilon, inv_t)
-    term, g = _element(a, t, b, q, KIND, beta, log_beta, log1m_beta)
+    a, t, _ = _side(xt, TRUE_FORMAT, TRUE_LSE, CLIP, t_shift, t_log_total, epsilon, log_epsilon, inv_t)
+    b, q, kept = _side(xp, PRED_FORMAT, PRED_LSE, CLIP, p_shift, p_log_total, epsilon, log_epsilon, inv_t)
+    term, g, g2 = _element(a, t, b, q, KIND, beta, log_beta, log1m_beta)
+    if PRED_FORMAT == "probs" and not PRED_LSE and KIND != "forward":
+        # ∂ℓ/∂p = g / p, and every part of g but the forward KL's −t is proportional to q: those
+        # parts are evaluated with q / p in place of q (then need no division), so that q (b − a + 1)
+        # cannot overflow before the division (p of 3e38). They are returned as g2'.
+        _, g_unit, g2_unit = _element(a, t, b, q / xp, KIND, beta, log_beta, log1m_beta)
+        if KIND == "symmetric":
+            g2 = g2_unit
+        else:
+            g, g2 = tl.zeros_like(g), g_unit
     term = tl.where(inside, term, 0.0)
     # Exact mode has no clip: every entry passes (a NaN included).
-    g = tl.where(inside & kept, g, 0.0) if CLIP else tl.where(inside, g, 0.0)
-    return term, g, xp
+    passed = (inside & kept) if CLIP else inside
+    return term, tl.where(passed, g, 0.0), tl.where(passed, g2, 0.0), xp
 
 
 @triton.jit
-def _softmax_grad(g, xp, sum_g, p_lse, factor, PRED_FORMAT: tl.constexpr, CLIP: tl.constexpr, epsilon, inv_t):
+def _softmax_grad(
+    g,
+    g2,
+    xp,
+    sum_g,
+    sum_g2,
+    p_shift,
+    p_log_total,
+    factor,
+    PRED_FORMAT: tl.constexpr,
+    CLIP: tl.constexpr,
+    epsilon,
+    inv_t,
+    KIND: tl.constexpr,
+):
     """Through ``c = log_softmax(u / T)``: :func:`kldiv.core.grads.softmax_chain`,
-    ``(g'_k − softmax_k · Σ_j g'_j) · factor`` (``factor`` is ``coef / T``), and ``/ p`` more where
-    ``u = log clip(p)`` (0 where the clip acted or ``p = 0``)."""
-    softmax = tl.exp(_raw_log(xp, PRED_FORMAT, CLIP, epsilon) * inv_t - p_lse)
+    ``(g'_k − softmax_k · Σ_j g'_j) · factor`` (``factor`` is ``coef / T``; the symmetric KL adds the
+    same of its reverse part ``g2'``), and ``/ p`` more where ``u = log clip(p)`` (0 where the clip
+    acted or ``p = 0``)."""
+    softmax = tl.exp((_raw_log(xp, PRED_FORMAT, CLIP, epsilon) * inv_t - p_shift) - p_log_total)
     out = softmax_chain(g, softmax, sum_g, softmax_chain_factor(sum_g, factor))
+    if KIND == "symmetric":
+        out += softmax_chain(g2, softmax, sum_g2, softmax_chain_factor(sum_g2, factor))
     if PRED_FORMAT == "probs":  # ∂ log p / ∂p = 1 / p: ±inf or NaN at p = 0 in exact mode, as autograd's
         out = tl.where(xp == _clamp(xp, epsilon, 1.0), out / xp, 0.0) if CLIP else out / xp
     return out
@@ -251,49 +293,60 @@ def fused_rows_kernel(
     if HAS_KEEP:
         keep = tl.load(keep_ptr + row) != 0
     if keep:
-        t_lse = tl.zeros((), ACC)
-        p_lse = tl.zeros((), ACC)
+        t_shift = tl.zeros((), ACC)
+        t_log_total = tl.zeros((), ACC)
+        p_shift = tl.zeros((), ACC)
+        p_log_total = tl.zeros((), ACC)
         if TRUE_LSE:
-            t_lse = _log_sum_exp(t_row, n, TRUE_FORMAT, CLIP, epsilon, inv_t, ACC, BLOCK)
+            t_shift, t_log_total = _log_sum_exp(t_row, n, TRUE_FORMAT, CLIP, epsilon, inv_t, ACC, BLOCK)
         if PRED_LSE:
-            p_lse = _log_sum_exp(p_row, n, PRED_FORMAT, CLIP, epsilon, inv_t, ACC, BLOCK)
+            p_shift, p_log_total = _log_sum_exp(p_row, n, PRED_FORMAT, CLIP, epsilon, inv_t, ACC, BLOCK)
         scale = tl.load(coef_ptr + row).to(ACC)
         total = tl.zeros((BLOCK,), ACC)
         g_sum = tl.zeros((BLOCK,), ACC)
+        g2_sum = tl.zeros((BLOCK,), ACC)
         for start in range(0, n, BLOCK):
             offsets = start + tl.arange(0, BLOCK)
             inside = offsets < n
             # fmt: off
-            term, g, xp = _tile(t_row, p_row, offsets, inside, t_lse, p_lse, epsilon, log_epsilon, inv_t,
-                beta, log_beta, log1m_beta, TRUE_FORMAT, PRED_FORMAT, KIND, CLIP, TRUE_LSE, PRED_LSE, ACC)
+            term, g, g2, xp = _tile(t_row, p_row, offsets, inside, t_shift, t_log_total, p_shift, p_log_total,
+                epsilon, log_epsilon, inv_t, beta, log_beta, log1m_beta, TRUE_FORMAT, PRED_FORMAT, KIND, CLIP,
+                TRUE_LSE, PRED_LSE, ACC)
             # fmt: on
             total += term
             if WANT_GRAD:
                 if PRED_LSE and SUM_G_IS_MINUS_ONE:
                     # Σ t = 1 unless the teacher's log-sum-exp is not finite (NaN or +inf logits):
                     # then Σ g' is NaN, as the core's.
-                    minus_one = t_lse * 0.0 - 1.0
-                    out = _softmax_grad(
-                        g, xp, minus_one, p_lse, inv_t * scale, PRED_FORMAT, CLIP, epsilon, inv_t
-                    )
+                    minus_one = (t_shift + t_log_total) * 0.0 - 1.0
+                    # fmt: off
+                    out = _softmax_grad(g, g2, xp, minus_one, 0.0, p_shift, p_log_total, inv_t * scale,
+                                        PRED_FORMAT, CLIP, epsilon, inv_t, KIND)
+                    # fmt: on
                     tl.store(g_row + offsets, out.to(grad_ptr.dtype.element_ty), mask=inside)
                 elif PRED_LSE:
                     g_sum += g
-                else:  # b = log p: ∂ℓ/∂p = g / p (0 where g is 0); b = u: ∂ℓ/∂u = g
-                    out = tl.where(g != 0.0, g / xp, g) if PRED_FORMAT == "probs" else g
-                    out = out * scale
+                    g2_sum += g2
+                elif PRED_FORMAT == "probs":  # b = log p: ∂ℓ/∂p = g / p (0 where g is 0); g2 is / p already
+                    out = (tl.where(g != 0.0, g / xp, g) + g2) * scale
+                    tl.store(g_row + offsets, out.to(grad_ptr.dtype.element_ty), mask=inside)
+                else:  # b = u: ∂ℓ/∂u = g, the directions' gradients w.r.t. b add (no chain rule follows)
+                    out = (g + g2) * scale
                     tl.store(g_row + offsets, out.to(grad_ptr.dtype.element_ty), mask=inside)
         tl.store(values_ptr + row, tl.sum(total, axis=0).to(values_ptr.dtype.element_ty))
         if WANT_GRAD and PRED_LSE and not SUM_G_IS_MINUS_ONE:
             sum_g = tl.sum(g_sum, axis=0)
+            sum_g2 = tl.sum(g2_sum, axis=0)
             for start in range(0, n, BLOCK):
                 offsets = start + tl.arange(0, BLOCK)
                 inside = offsets < n
                 # fmt: off
-                _, g, xp = _tile(t_row, p_row, offsets, inside, t_lse, p_lse, epsilon, log_epsilon, inv_t,
-                    beta, log_beta, log1m_beta, TRUE_FORMAT, PRED_FORMAT, KIND, CLIP, TRUE_LSE, PRED_LSE, ACC)
+                _, g, g2, xp = _tile(t_row, p_row, offsets, inside, t_shift, t_log_total, p_shift,
+                    p_log_total, epsilon, log_epsilon, inv_t, beta, log_beta, log1m_beta, TRUE_FORMAT,
+                    PRED_FORMAT, KIND, CLIP, TRUE_LSE, PRED_LSE, ACC)
+                out = _softmax_grad(g, g2, xp, sum_g, sum_g2, p_shift, p_log_total, inv_t * scale,
+                                    PRED_FORMAT, CLIP, epsilon, inv_t, KIND)
                 # fmt: on
-                out = _softmax_grad(g, xp, sum_g, p_lse, inv_t * scale, PRED_FORMAT, CLIP, epsilon, inv_t)
                 tl.store(g_row + offsets, out.to(grad_ptr.dtype.element_ty), mask=inside)
     else:
         tl.store(values_ptr + row, tl.zeros((), values_ptr.dtype.element_ty))
