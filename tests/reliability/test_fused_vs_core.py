@@ -23,10 +23,7 @@ import itertools
 import json
 import math
 import os
-import subprocess
-import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import array_api_compat.torch
@@ -35,7 +32,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_kernels_vs_core import DENORMAL, assert_same
+from test_kernels_vs_core import DENORMAL, assert_same, interpreted_failures
 
 import kldiv
 from kldiv.core import topk
@@ -431,15 +428,7 @@ def triton_main() -> None:
 
 
 def test_triton_chunks_agree_with_core() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    here = str(Path(__file__).resolve().parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, here, env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())], env=env, capture_output=True, text=True, timeout=1200
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    failures = json.loads(result.stdout.strip().splitlines()[-1])
+    failures = interpreted_failures(__file__, 1200)
     assert failures == [], "\n".join(failures[:8])
 
 

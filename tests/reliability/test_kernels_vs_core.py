@@ -235,15 +235,20 @@ def triton_main() -> None:
     print(json.dumps(failures))
 
 
-def test_triton_interpreter_agrees_with_core() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "KLDIV_RELIABILITY_EXAMPLES": "25"}
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())], env=env, capture_output=True, text=True, timeout=900
-    )
+def interpreted_failures(script: str, timeout: int, **env: str) -> list[str]:
+    """Run ``script`` (a test file whose ``__main__`` prints a JSON list of failures) under Triton's
+    interpreter in a fresh process, with ``src/`` and this folder importable; its failures."""
+    here = Path(__file__).resolve().parent
+    paths = [str(here.parents[1] / "src"), str(here), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, **env, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    command = [sys.executable, str(Path(script).resolve())]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
-    failures = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_triton_interpreter_agrees_with_core() -> None:
+    failures = interpreted_failures(__file__, 900, KLDIV_RELIABILITY_EXAMPLES="25")
     assert failures == [], "\n".join(failures[:8])
 
 
