@@ -267,11 +267,11 @@ def _row_values(a_side, b_side, p_raw, g_row, g2_row, kind, mode, constants, wan
             block_total += term
             if want_grad:
                 g = g if kept else zero
+                g2 = g2 if kept else zero
                 if mode == GRAD_SOFTMAX:
                     block_g += g
                     g_row[i] = g
                     if kind == SYMMETRIC:
-                        g2 = g2 if kept else zero
                         block_g2 += g2
                         g2_row[i] = g2
                     continue
