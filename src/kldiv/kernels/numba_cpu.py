@@ -51,6 +51,12 @@ from ._fastmath import FASTMATH, fast_exp, fast_log, fast_log_normal, like, maxn
 PROBS, LOG_PROBS, LOGITS = 0, 1, 2
 FORMAT_CODES = {"probs": PROBS, "log_probs": LOG_PROBS, "logits": LOGITS}
 FORWARD, REVERSE, SYMMETRIC, JENSEN_SHANNON = 0, 1, 2, 3
+SHIFT_APART = 256.0
+"""Rows whose largest logit (over ``T``) exceeds this in magnitude form their log-softmax with the
+shift stored apart (:func:`_log_probs_of`): below it the fused form's error, ``|top| · 2⁻²⁴`` at
+most, stays under 1.6e-5 (float32 tolerance for log-probabilities), above it the error would grow
+with ``|top|``. The stored form is slower (measured 2.6× on rows of logits ~100 at [4096, 32000]),
+so real logits (|top| in the tens) keep the fast one."""
 OUTSIDE_TRUE, OUTSIDE_PRED = 1, 2
 """Bits of a kernel's ``outside`` row flags: that side, given as probabilities, leaves ``[0, 1]``."""
 DIRECTION_CODES = {"forward": FORWARD, "reverse": REVERSE, "symmetric": SYMMETRIC}
@@ -108,11 +114,12 @@ def _log_probs_of(x, fmt, use_lse, keep_e, epsilon, inv_t, log_scratch, exp_scra
 
     ``u`` is ``log clip(x)`` for probabilities (written to ``log_scratch``, which becomes ``src``)
     and ``x`` itself otherwise (read in place, never copied). Where ``use_lse``,
-    ``c = log_softmax(u / T) = (u/T − top) − log Σ exp(u/T − top)``, ``top = max u/T``: the
-    shifted ``u/T − top`` is written to ``log_scratch`` (the side's ``src`` then, with factor 1 and
-    top 0) and the exponentials of the sum are kept in ``exp_scratch`` (no second ``exp`` for the
-    probabilities); else ``c = u / T`` and ``e = exp(c)`` takes a pass of its own. ``keep_e`` must be
-    a compile-time constant (the caller knows which sides' probabilities its divergence reads).
+    ``c = log_softmax(u / T) = (u/T − top) − log Σ exp(u/T − top)``, ``top = max u/T`` (for
+    ``|top| >`` :data:`SHIFT_APART` the shifted ``u/T − top`` is written to ``log_scratch``, the side's
+    ``src`` then, with factor 1 and top 0), and the exponentials of the sum are kept in
+    ``exp_scratch`` (no second ``exp`` for the probabilities); else ``c = u / T`` and ``e = exp(c)``
+    takes a pass of its own. ``keep_e`` must be a compile-time constant (the caller knows which
+    sides' probabilities its divergence reads).
     """
     n = x.shape[0]
     one = like(x[0], 1.0)
@@ -141,23 +148,35 @@ def _log_probs_of(x, fmt, use_lse, keep_e, epsilon, inv_t, log_scratch, exp_scra
     if not np.isfinite(top):
         top = zero
     total = 0.0
+    # Under ``reassoc`` LLVM folds c = (u/T − top) − log Σ into u/T − (top + log Σ), whose sum rounds
+    # away log Σ at large |top| (logits [1e10, 1e10] gave c = 0, not −log 2; at |top| = 2^k it errs
+    # by ~2^(k−24)). Rows with such a top store u/T − top (one more write a row, cache-resident), so
+    # that c is formed in the core's order; the others keep the fused form (the common case).
+    shift_apart = abs(top) > SHIFT_APART
     for start in range(0, n, BLOCK):
         block = zero
-        for i in range(start, min(start + BLOCK, n)):
-            # Stored, so that c = (u/T − top) − log Σ is formed in that order: under ``reassoc``
-            # LLVM would fold the two loop-invariant subtrahends into u/T − (top + log Σ), which
-            # loses log Σ where |top| ≥ 2²⁴ (logits [1e10, 1e10] gave c = 0 instead of −log 2).
-            shifted = src[i] * factor - top
-            log_scratch[i] = shifted
-            e = fast_exp(shifted)
-            if keep_e:
-                exp_scratch[i] = e
-            block += e
+        if shift_apart:
+            for i in range(start, min(start + BLOCK, n)):
+                shifted = src[i] * factor - top
+                log_scratch[i] = shifted
+                e = fast_exp(shifted)
+                if keep_e:
+                    exp_scratch[i] = e
+                block += e
+        else:
+            for i in range(start, min(start + BLOCK, n)):
+                e = fast_exp(src[i] * factor - top)
+                if keep_e:
+                    exp_scratch[i] = e
+                block += e
         total += block
-    log_total = math.log(total)
+    log_total = like(top, math.log(total))
     # 1 / Σ e without dividing (Numba raises on 0): an all-(-inf) row has Σ e = 0, and its
     # probabilities 0 · inf = NaN, as the core's exp(-inf - (-inf)).
-    return log_scratch, one, zero, like(top, log_total), exp_scratch, like(top, math.exp(-log_total))
+    inv_total = like(top, math.exp(-math.log(total)))
+    if shift_apart:
+        return log_scratch, one, zero, log_total, exp_scratch, inv_total
+    return src, factor, top, log_total, exp_scratch, inv_total
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
