@@ -27,7 +27,7 @@ def per_sample(options: Options, prepared: Prepared, plan: Plan) -> Array:
     if plan.kernel is not None:
         from .kernels import fused
 
-        if prepared.xp is np:  # the kernel finds values outside [0, 1] in the same pass
+        if prepared.xp is np:  # the kernel flags values outside [0, 1] while each row is in cache
             return fused.per_sample_numpy(
                 options, prepared.y_true, prepared.y_pred, prepared.keep, prepared.axis
             )

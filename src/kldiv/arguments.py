@@ -19,27 +19,29 @@ from .options import OptionArguments
 Array = Any
 
 
-class CallArguments(TypedDict, total=False):
-    """The keywords of every loss ``__call__`` / ``forward`` (:meth:`kldiv.KLDivergence.__call__`).
+class SampleArguments(TypedDict, total=False):
+    """Which positions count: the data keywords of a per-sample loss.
 
     Keys:
         mask: boolean keep-mask broadcastable to the per-sample loss.
         labels: with the ``ignore_index`` option, masks the positions whose label equals it.
-        num_items: the global denominator of the mean reductions (gradient accumulation, data
-            parallel): a positive number or a scalar array.
     """
 
     mask: Array | None
     labels: Array | None
+
+
+class CallArguments(SampleArguments, total=False):
+    """The keywords of every loss ``__call__`` / ``forward`` (:meth:`kldiv.KLDivergence.__call__`):
+    :class:`SampleArguments` plus ``num_items``, the global denominator of the mean reductions
+    (gradient accumulation, data parallel): a positive number or a scalar array."""
+
     num_items: Any
 
 
-class PerSampleArguments(OptionArguments, total=False):
+class PerSampleArguments(OptionArguments, SampleArguments, total=False):
     """:func:`kldiv.kl_divergence` / :func:`kldiv.js_divergence`: the options plus ``mask`` and
-    ``labels`` (as :class:`CallArguments`; a per-sample loss has no ``num_items``)."""
-
-    mask: Array | None
-    labels: Array | None
+    ``labels`` (a per-sample loss has no ``num_items``: there is no mean to divide)."""
 
 
 class FunctionalArguments(OptionArguments, CallArguments, total=False):
@@ -120,8 +122,9 @@ def split(keywords: Mapping[str, Any], kind: type) -> tuple[dict[str, Any], dict
     )
 
 
-def check(keywords: Mapping[str, Any], kind: type, where: str) -> None:
-    """Raise for a keyword of ``keywords`` that ``kind`` does not name.
+def check(keywords: Mapping[str, Any], kind: type, where: str, also: tuple[str, ...] = ()) -> None:
+    """Raise for a keyword of ``keywords`` that ``kind`` does not name; ``also``: the other keywords
+    ``where`` takes (named in the message too).
 
     Raises:
         TypeError: ``where`` got an unexpected keyword argument (the message lists the expected ones).
@@ -130,7 +133,7 @@ def check(keywords: Mapping[str, Any], kind: type, where: str) -> None:
     if unknown:
         raise TypeError(
             f"{where} got an unexpected keyword argument {unknown[0]!r}; expected "
-            f"{', '.join(sorted(names(kind)))}."
+            f"{', '.join((*also, *sorted(names(kind))))}."
         )
 
 

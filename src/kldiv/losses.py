@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import _distribute, _evaluate, _validate
 from ._prepare import Prepared, prepare
-from .arguments import CallArguments, check, split
+from .arguments import CallArguments, PerSampleArguments, SampleArguments, check, split
 from .core.reductions import KERAS3_REDUCTIONS, host_gradient, reduce_weighted
 from .kernels import dispatch
 from .options import NOT_OPTIONS, OptionArguments, Options
@@ -20,7 +20,7 @@ from .options import NOT_OPTIONS, OptionArguments, Options
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from .arguments import FunctionalArguments, PerSampleArguments
+    from .arguments import FunctionalArguments
 
 Array = Any
 
@@ -96,7 +96,8 @@ def kl_divergence(y_true: Array, y_pred: Array, **keywords: Unpack[PerSampleArgu
         >>> print(kldiv.kl_divergence([[0, 1], [0, 0]], [[0.6, 0.4], [0.4, 0.6]], epsilon=0))
         [0.9162907 0.       ]
     """
-    call, options = split(keywords, CallArguments)
+    check(keywords, PerSampleArguments, "kl_divergence()")
+    call, options = split(keywords, SampleArguments)
     return per_sample(Options.of("kl", options), y_true, y_pred, **call)
 
 
@@ -120,7 +121,8 @@ def js_divergence(y_true: Array, y_pred: Array, **keywords: Unpack[PerSampleArgu
         >>> print(kldiv.js_divergence([[1.0, 0.0]], [[0.0, 1.0]], epsilon=0))
         [0.6931472]
     """
-    call, options = split(keywords, CallArguments)
+    check(keywords, PerSampleArguments, "js_divergence()")
+    call, options = split(keywords, SampleArguments)
     return per_sample(Options.of("js", options), y_true, y_pred, **call)
 
 
@@ -166,7 +168,7 @@ class _DivergenceLoss:
                 not divide, or ``reduction`` is ``"auto"`` / ``"sum_over_batch_size"`` under an
                 active ``tf.distribute`` strategy (outside ``compile``/``fit``).
         """
-        check(arguments, CallArguments, f"{type(self).__name__}.__call__()")
+        check(arguments, CallArguments, f"A {type(self).__name__} loss call", also=("sample_weight",))
         _distribute.check_reduction(self.reduction, y_pred)
         num_items = _validate.num_items(arguments.get("num_items"), self.reduction)
         keras3 = self.reduction in KERAS3_REDUCTIONS

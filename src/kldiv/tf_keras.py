@@ -87,7 +87,10 @@ class KLDivergence(_TfKerasDivergence):
         ValueError: an unknown reduction or a bad option, at construction; ``AUTO`` /
             ``SUM_OVER_BATCH_SIZE`` under a ``tf.distribute`` strategy outside ``compile``/``fit``.
 
-    Example (the sum over the batch, ``0.9163 + 0``, where the default would take the mean ``0.4581``):
+    With ``reduction="sum"`` the seed example gives the sum over the batch, ``0.9163 + 0`` (the
+    default takes the mean, ``0.4581``).
+
+    Example:
         >>> import kldiv.tf_keras
         >>> summed = kldiv.tf_keras.KLDivergence(reduction="sum")
         >>> round(float(summed([[0, 1], [0, 0]], [[0.6, 0.4], [0.4, 0.6]])), 5)

@@ -102,10 +102,12 @@ def build_parser() -> Parser:
     return parser
 
 
-def _add_choice(group: Any, flag: str, choices: Sequence[str], default: str, what: str) -> None:
+def _add_choice(
+    group: Any, flag: str, choices: Sequence[str], default: str, what: str, metavar: str = "NAME"
+) -> None:
     """An option taking one of ``choices``, listed in its help with the default."""
     help_text = f"{what}: {', '.join(choices)} (default: {default})"
-    group.add_argument(flag, default=default, choices=choices, metavar="NAME", help=help_text)
+    group.add_argument(flag, default=default, choices=choices, metavar=metavar, help=help_text)
 
 
 def _add_library_options(parser: Parser) -> None:
@@ -115,9 +117,8 @@ def _add_library_options(parser: Parser) -> None:
         "--sample-weight", metavar="VALUE_OR_FILE", help="Keras sample_weight: inline value or file"
     )
     for name in ("y-true", "y-pred"):
-        _add_choice(
-            library, f"--{name}-format", FORMATS, "probs", f"how {name.upper().replace('-', '_')} is given"
-        )
+        what = f"how {name.upper().replace('-', '_')} is given"
+        _add_choice(library, f"--{name}-format", FORMATS, "probs", what, metavar="FORMAT")
     library.add_argument(
         "--from-logits", action="store_true", help="shorthand for --y-pred-format logits (Keras)"
     )

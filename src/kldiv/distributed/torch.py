@@ -344,7 +344,8 @@ class VocabParallelKLDivergence(_VocabParallelLoss):
     r"""KL divergence of vocabulary-sharded teacher and student logits on ``torch.distributed``.
 
     ``VocabParallelKLDivergence(reduction="auto", name="kl_divergence", *, group=None, **options)``;
-    ``forward(teacher_logits, student_logits, sample_weight=None, *, mask=, labels=, num_items=)``
+    ``forward(teacher_logits, student_logits, sample_weight=None, *, mask=None, labels=None,
+    num_items=None)``
     returns, on every rank of ``group``, what :class:`kldiv.KLDivergence` with the
     same options returns for the concatenated shards::
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from kldiv._extras import require
 
-from ..arguments import TeacherArguments, TokenArguments, check, split, teacher_form
+from ..arguments import FusedCallArguments, TeacherArguments, TokenArguments, check, split, teacher_form
 from ..core import chunking
 from ..options import NOT_OPTIONS, OptionArguments, Options, changed
 from . import _torch_chunks
@@ -46,7 +46,7 @@ torch = require("torch", "kldiv.fused.torch")
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from ..arguments import ChunkedArguments, FusedCallArguments
+    from ..arguments import ChunkedArguments
 
 __all__ = [
     "FusedLinearJSDivergence",
@@ -111,7 +111,6 @@ class _Divergence(torch.nn.Module):
         return changed(self.get_config(), type(self)().get_config())
 
     def _loss(self, inputs: Inputs, tokens: TokenArguments, batch_size: int) -> torch.Tensor:
-        check(tokens, TokenArguments, f"{type(self).__name__}.forward()")
         source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
         value = _torch_chunks.loss(
             self.options,
@@ -157,6 +156,7 @@ class FusedLinearKLDivergence(_Divergence):
         student_bias: torch.Tensor | None = None,
         **arguments: Unpack[FusedCallArguments],
     ) -> torch.Tensor:
+        check(arguments, FusedCallArguments, f"{type(self).__name__}.forward()")
         teacher, tokens = split(arguments, TeacherArguments)
         teacher_logits, teacher_hidden = teacher.get("teacher_logits"), teacher.get("teacher_hidden")
         teacher_weight, teacher_bias = teacher.get("teacher_weight"), teacher.get("teacher_bias")

@@ -20,10 +20,11 @@ pass and an exponential-sum pass whose exponentials are kept in scratch where th
 probabilities (``t`` and ``q = e_i / Σ e``, and the softmax of the chain rule: no second ``exp``; a
 side without a log-softmax gets a pass of ``e = exp(c)`` instead). Which sides keep them is a
 compile-time constant of the kernel. One pass then computes the value and ``g``, and — only for
-log-softmax students — a last pass finishes the gradient; the only array of the input's size that
-is written is the gradient itself. Runs of rows go to the threads (``prange``; each run allocates its
-scratch once); each block of :data:`BLOCK` entries is summed in the data's dtype (all vector lanes
-busy) and the block sums in float64.
+log-softmax students — a last pass finishes the gradient (the symmetric KL keeps its reverse part
+``g2`` apart and chains each direction on its own, as autograd through the core does); the only
+array of the input's size that is written is the gradient itself. Runs of rows go to the threads
+(``prange``; each run allocates its scratch once); each block of :data:`BLOCK` entries is summed in
+the data's dtype (all vector lanes busy) and the block sums in float64.
 
 Every hot loop is branch-free so that LLVM vectorizes it: the divergence and the gradient's chain
 rule are compile-time constants of :func:`general_kernel` (one kernel per pair, compiled on first use
@@ -504,7 +505,8 @@ def fused_rows(
     ``out`` (optional, like ``y_pred``) receives the gradient; it may be ``y_pred`` itself: every
     kernel reads an entry of ``y_pred`` before it writes that entry of the gradient. ``outside``
     (optional, ``[rows]`` uint8) receives each kept row's :data:`OUTSIDE_TRUE` / :data:`OUTSIDE_PRED`
-    bits (a side given as probabilities with an entry outside ``[0, 1]``), found in the same pass.
+    bits (a side given as probabilities with an entry outside ``[0, 1]``), found by a loop over each
+    row just before the kernel reads it (from the cache, not from memory).
     """
     kind = JENSEN_SHANNON if beta is not None else DIRECTION_CODES[direction]
     values = np.empty(y_pred.shape[0], dtype=np.float64)

@@ -24,7 +24,10 @@ written): (1) an online log-sum-exp of each side that needs one (logits, or any 
 running maximum and a sum rescaled when the maximum grows; (2) the value, with the gradient written
 directly when ``y_pred`` needs no softmax, else ``Σ g'``; (3) only for a log-softmax ``y_pred``:
 ``g'`` recomputed from the inputs (cheaper than storing and re-reading it) and the final gradient.
-Forward KL in exact mode with a softmax on both sides (distillation from logits) skips pass (3):
+The symmetric KL keeps its reverse part ``g2'`` and ``Σ g2'`` apart and chains each direction on
+its own; for probabilities without a softmax, the parts of ``∂ℓ/∂p`` proportional to ``q`` are
+evaluated with ``q / p`` in place of ``q`` (no overflow before the division). Forward KL in exact
+mode with a softmax on both sides (distillation from logits) skips pass (3):
 there ``g' = −t`` and ``Σ_j g'_j = −Σ_j t_j = −1``, so pass (2) writes the gradient
 ``(softmax_k − t_k) / T`` itself (``SUM_G_IS_MINUS_ONE``; it differs from the summed form by
 rounding only; ``Σ t = 1`` holds when the teacher's log-sum-exp is finite, otherwise ``Σ g'`` is
