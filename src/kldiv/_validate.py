@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 import warnings
 from typing import Any
 
@@ -264,7 +266,7 @@ def distribution_axis(argument: str, shape: Any, axis_value: int, *, warn_single
             "'distribution' has a single outcome. If the values along another axis form the "
             "distribution (e.g. a column of a histogram), pass that axis as `axis` or transpose.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -289,16 +291,16 @@ def warn_outside_unit_interval(arguments: list[str], epsilon: float) -> None:
         "Normalise them first (x / x.sum(axis=-1, keepdims=True); the CLI's --normalize), pass "
         "y_true_format/y_pred_format if they are log-probabilities or logits, or validate=True to raise.",
         UserWarning,
-        stacklevel=_outside_kldiv(),
+        stacklevel=user_stacklevel(),
     )
 
 
-def _outside_kldiv() -> int:
-    """The ``stacklevel`` of the first frame outside the kldiv package (the user's call)."""
-    import sys
-
-    package = __file__.rsplit("/", 1)[0] if "/" in __file__ else __file__.rsplit("\\", 1)[0]
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside the kldiv package (the
+    user's call), for ``warnings.warn`` called by the function that calls this one: one rule for
+    every kldiv warning, however deep the entry point."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + "kldiv" + os.sep
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(package):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
         frame, level = frame.f_back, level + 1
     return level

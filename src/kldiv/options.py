@@ -129,7 +129,7 @@ class Options:
                 "one of the two distributions). TRL's and Liger's beta=0 / beta=1 mean the forward / "
                 "reverse KL: use a KL loss with direction='forward' / 'reverse' for that.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=_validate.user_stacklevel(),
             )
         return options
 
