@@ -31,8 +31,10 @@ rule are compile-time constants of :func:`general_kernel` (one kernel per pair, 
 and cached on disk by Numba), the row maximum uses ``llvm.maxnum`` (a plain ``max`` reduction does
 not vectorize), ``log``/``exp`` are the polynomial versions of :mod:`._fastmath`. The true side's
 probabilities are ``exp(a)`` (within 3 ulp of the input for probabilities). Forward KL of
-probabilities at ``T = 1`` — Keras' own loss and the most common call — has its own short kernel:
-``t·log(t/p)`` and ``∂/∂p = −t/p`` share one division.
+probabilities at ``T = 1`` — Keras' own loss and the most common call — has its own short kernel
+(:mod:`.numba_forward`). The loop helpers both share (unsigned indices, counts) are in
+:mod:`._numba_rows`. The general kernel's parallel function only hands rows to threads; a row's
+work is a function of its own (inlined, Numba's parallel passes took most of the compile time).
 """
 
 from __future__ import annotations
@@ -48,6 +50,20 @@ from numba import njit, prange
 
 from ..core import grads
 from ._fastmath import FASTMATH, fast_exp, fast_log, fast_log_normal, like, maxnum
+from ._numba_rows import (
+    BLOCK,
+    OUTSIDE_PRED,
+    OUTSIDE_TRUE,
+    SMALLEST_NORMAL_FLOAT32,
+    clip,
+    count,
+    inline,
+    leaves_unit,
+    masked_row,
+    row_function,
+    span,
+)
+from .numba_forward import forward_probs_kernel
 
 PROBS, LOG_PROBS, LOGITS = 0, 1, 2
 FORMAT_CODES = {"probs": PROBS, "log_probs": LOG_PROBS, "logits": LOGITS}
@@ -58,51 +74,40 @@ shift stored apart (:func:`_log_probs_of`): below it the fused form's error, ``|
 most, stays under 1.6e-5 (float32 tolerance for log-probabilities), above it the error would grow
 with ``|top|``. The stored form is slower (measured 2.6× on rows of logits ~100 at [4096, 32000]),
 so real logits (|top| in the tens) keep the fast one."""
-OUTSIDE_TRUE, OUTSIDE_PRED = 1, 2
-"""Bits of a kernel's ``outside`` row flags: that side, given as probabilities, leaves ``[0, 1]``."""
 DIRECTION_CODES = {"forward": FORWARD, "reverse": REVERSE, "symmetric": SYMMETRIC}
-BLOCK = 512
 # How the gradient w.r.t. y_pred is finished: through log_softmax (logits, or T ≠ 1), ``g / p``
 # (probabilities, T = 1; written directly) or ``g`` (log-probabilities, T = 1; written directly).
 GRAD_SOFTMAX, GRAD_PROBS, GRAD_LOG_PROBS = 0, 1, 2
-SMALLEST_NORMAL_FLOAT32 = float(np.finfo(np.float32).tiny)
 # Runs of rows per thread in the general kernel; each allocates its scratch rows once (a few runs
 # per thread balance uneven rows, e.g. masked ones).
 ROW_RUNS_PER_THREAD = 4
 
-_inline = njit(inline="always", fastmath=FASTMATH, cache=True)
 
-
-@_inline
+@inline
 def _where(condition, x, y):
     """:func:`kldiv.core.grads.where` in ``y``'s float type (a literal ``x`` would widen to float64)."""
     return like(y, x) if condition else y
 
 
-@_inline
+@inline
 def _log1p(x):
     """``log(1 + x)`` with the vectorizable log (``x ∈ [0, 1]`` in :func:`kldiv.core.grads.logaddexp`)."""
     return fast_log(like(x, 1.0) + x)
 
 
 # The formulas of kldiv.core.grads, compiled from their source there (none is re-typed here).
-_formulas = grads.compile_formulas(_inline, where=_where, exp=fast_exp, log1p=_log1p)
+_formulas = grads.compile_formulas(inline, where=_where, exp=fast_exp, log1p=_log1p)
 forward_element, reverse_element = _formulas.forward_element, _formulas.reverse_element
 js_element, softmax_chain = _formulas.js_element, _formulas.softmax_chain
 softmax_chain_factor = _formulas.softmax_chain_factor
 
 
-@njit(inline="always", fastmath=FASTMATH, cache=True)
-def _clip(x, low, high):
-    return min(max(x, like(x, low)), like(x, high))
-
-
-@njit(fastmath=FASTMATH, cache=True)
+@row_function
 def _row_max(row):
     """Largest entry, vectorized (``maxnum`` skips NaNs here; a NaN still reaches the log-sum-exp
     through the exponential sum that follows, so the row's result is NaN)."""
     top = row[0]
-    for i in range(1, row.shape[0]):
+    for i in span(1, row.shape[0]):
         top = maxnum(top, row[i])
     return top
 
@@ -130,19 +135,19 @@ def _log_probs_of(x, fmt, use_lse, keep_e, epsilon, inv_t, log_scratch, exp_scra
     if fmt == PROBS:
         low = like(x[0], epsilon)
         if epsilon >= SMALLEST_NORMAL_FLOAT32:
-            for i in range(n):
-                log_scratch[i] = fast_log_normal(_clip(x[i], low, one)) * factor
+            for i in span(0, n):
+                log_scratch[i] = fast_log_normal(clip(x[i], low, one)) * factor
         elif epsilon > 0:
-            for i in range(n):
-                log_scratch[i] = fast_log(_clip(x[i], low, one)) * factor
+            for i in span(0, n):
+                log_scratch[i] = fast_log(clip(x[i], low, one)) * factor
         else:
-            for i in range(n):
+            for i in span(0, n):
                 log_scratch[i] = fast_log(x[i]) * factor
         src = log_scratch
         factor = one
     if not use_lse:
         if keep_e:
-            for i in range(n):
+            for i in span(0, n):
                 exp_scratch[i] = fast_exp(src[i] * factor)
         return src, factor, zero, zero, exp_scratch, one
     top = _row_max(src) * factor  # = max(u / T): T > 0 and rounding are monotonic
@@ -157,7 +162,7 @@ def _log_probs_of(x, fmt, use_lse, keep_e, epsilon, inv_t, log_scratch, exp_scra
     for start in range(0, n, BLOCK):
         block = zero
         if shift_apart:
-            for i in range(start, min(start + BLOCK, n)):
+            for i in span(start, min(start + BLOCK, n)):
                 shifted = src[i] * factor - top
                 log_scratch[i] = shifted
                 e = fast_exp(shifted)
@@ -165,7 +170,7 @@ def _log_probs_of(x, fmt, use_lse, keep_e, epsilon, inv_t, log_scratch, exp_scra
                     exp_scratch[i] = e
                 block += e
         else:
-            for i in range(start, min(start + BLOCK, n)):
+            for i in span(start, min(start + BLOCK, n)):
                 e = fast_exp(src[i] * factor - top)
                 if keep_e:
                     exp_scratch[i] = e
@@ -191,12 +196,10 @@ def _c(side, i):
 def _outside_unit(row):
     """1 if an entry of ``row`` lies outside ``[0, 1]``, else 0 (NaN is not outside: it has its own
     rule). A pass over a row the kernel is about to read from the cache anyway."""
-    zero, one = like(row[0], 0.0), like(row[0], 1.0)
-    found = 0
-    for i in range(row.shape[0]):
-        x = row[i]
-        found |= (x < zero) | (x > one)
-    return found
+    found = np.int32(0)
+    for i in span(0, row.shape[0]):
+        found += count(leaves_unit(row[i]))
+    return 1 if found else 0
 
 
 @njit(inline="always", cache=True)
@@ -216,7 +219,7 @@ def _prob(side, i, exact, low, one):
     is (only for a side whose exponentials were kept)."""
     _, _, _, _, e, inv_total = side
     q = e[i] * inv_total
-    return q if exact else _clip(q, low, one)
+    return q if exact else clip(q, low, one)
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
@@ -246,12 +249,8 @@ def _element(a, t, b, q, kind, exact, beta, log_beta, log1m_beta):
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
-def _row_values(a_side, b_side, p_raw, g_row, g2_row, kind, mode, constants, want_grad):
-    """One row's ``(Σ term, Σ g, Σ g2)``; writes ``g`` (:data:`GRAD_SOFTMAX`; the symmetric KL's
-    reverse part ``g2`` apart, into ``g2_row``) or the finished gradient (see :data:`GRAD_PROBS`)
-    into ``g_row``. ``a_side`` / ``b_side`` give ``c`` of each side
-    (:func:`_log_probs_of`); ``kind`` and ``mode`` are compile-time constants at every call site:
-    the loop is branch-free and vectorizes."""
+def _row_block(a_side, b_side, p_raw, g_row, g2_row, start, stop, kind, mode, constants, want_grad):
+    """The ``(Σ term, Σ g, Σ g2)`` of entries ``start:stop`` of a row (see :func:`_row_values`)."""
     epsilon, log_epsilon, scale, beta, log_beta, log1m_beta = constants
     zero = like(a_side[2], 0.0)
     exact = epsilon == 0.0
@@ -261,60 +260,66 @@ def _row_values(a_side, b_side, p_raw, g_row, g2_row, kind, mode, constants, wan
     scale = like(zero, scale)
     # In the data's type, so that the JS mixture's log and exp stay the vectorized float32 ones.
     beta, log_beta, log1m_beta = like(zero, beta), like(zero, log_beta), like(zero, log1m_beta)
+    block_total = zero
+    block_g = zero
+    block_g2 = zero
+    for i in span(start, stop):
+        ca = _c(a_side, i)
+        a = ca if exact else clip(ca, log_low, zero)
+        # The reverse KL never reads t; not even loading it keeps this loop vectorized.
+        t_i = zero if kind == REVERSE else _prob(a_side, i, exact, low, one)
+        if mode == GRAD_PROBS:
+            b = _c(b_side, i)
+            q = p_raw[i] if exact else clip(p_raw[i], low, one)
+            kept = exact or q == p_raw[i]  # (a NaN is kept in exact mode: no clip acts)
+        else:
+            c = _c(b_side, i)
+            b = c if exact else clip(c, log_low, zero)
+            kept = exact or b == c
+            q = _prob(b_side, i, exact, low, one)
+        term, g, g2 = _element(a, t_i, b, q, kind, exact, beta, log_beta, log1m_beta)
+        block_total += term
+        if want_grad:
+            g = g if kept else zero
+            g2 = g2 if kept else zero
+            if mode == GRAD_SOFTMAX:
+                block_g += g
+                g_row[i] = g
+                if kind == SYMMETRIC:
+                    block_g2 += g2
+                    g2_row[i] = g2
+                continue
+            g = g + g2  # no chain rule follows: the directions' gradients w.r.t. b simply add
+            if mode == GRAD_PROBS:
+                g_row[i] = (g / p_raw[i] if g != 0.0 else g) * scale
+            else:
+                g_row[i] = g * scale
+    return block_total, block_g, block_g2
+
+
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def _row_values(a_side, b_side, p_raw, g_row, g2_row, kind, mode, constants, want_grad):
+    """One row's ``(Σ term, Σ g, Σ g2)``; writes ``g`` (:data:`GRAD_SOFTMAX`; the symmetric KL's
+    reverse part ``g2`` apart, into ``g2_row``) or the finished gradient (see :data:`GRAD_PROBS`)
+    into ``g_row``. ``a_side`` / ``b_side`` give ``c`` of each side
+    (:func:`_log_probs_of`); ``kind`` and ``mode`` are compile-time constants at every call site,
+    and the block loop is inlined once with and once without the gradient (a runtime ``want_grad``
+    test inside the loop left LLVM's value-only version scalar: 880 against 100 ms at [4096, 32000]):
+    each loop is branch-free and vectorizes."""
     total = 0.0
     g_total = 0.0
     g2_total = 0.0
     n = p_raw.shape[0]
     for start in range(0, n, BLOCK):
-        block_total = zero
-        block_g = zero
-        block_g2 = zero
-        for i in range(start, min(start + BLOCK, n)):
-            ca = _c(a_side, i)
-            a = ca if exact else _clip(ca, log_low, zero)
-            # The reverse KL never reads t; not even loading it keeps this loop vectorized.
-            t_i = zero if kind == REVERSE else _prob(a_side, i, exact, low, one)
-            if mode == GRAD_PROBS:
-                b = _c(b_side, i)
-                q = p_raw[i] if exact else _clip(p_raw[i], low, one)
-                kept = exact or q == p_raw[i]  # (a NaN is kept in exact mode: no clip acts)
-            else:
-                c = _c(b_side, i)
-                b = c if exact else _clip(c, log_low, zero)
-                kept = exact or b == c
-                q = _prob(b_side, i, exact, low, one)
-            term, g, g2 = _element(a, t_i, b, q, kind, exact, beta, log_beta, log1m_beta)
-            block_total += term
-            if want_grad:
-                g = g if kept else zero
-                g2 = g2 if kept else zero
-                if mode == GRAD_SOFTMAX:
-                    block_g += g
-                    g_row[i] = g
-                    if kind == SYMMETRIC:
-                        block_g2 += g2
-                        g2_row[i] = g2
-                    continue
-                g = g + g2  # no chain rule follows: the directions' gradients w.r.t. b simply add
-                if mode == GRAD_PROBS:
-                    g_row[i] = (g / p_raw[i] if g != 0.0 else g) * scale
-                else:
-                    g_row[i] = g * scale
-        total += block_total
-        g_total += block_g
-        g2_total += block_g2
+        stop = min(start + BLOCK, n)
+        if want_grad:
+            sums = _row_block(a_side, b_side, p_raw, g_row, g2_row, start, stop, kind, mode, constants, True)
+        else:
+            sums = _row_block(a_side, b_side, p_raw, g_row, g2_row, start, stop, kind, mode, constants, False)
+        total += sums[0]
+        g_total += sums[1]
+        g2_total += sums[2]
     return total, g_total, g2_total
-
-
-@njit(inline="always", cache=True)
-def _masked_row(r, keep, values, grad, want_grad):
-    """Row ``r`` masked out (``keep[r] == 0``): value 0 and, if asked, a zero gradient row; True."""
-    if keep[r] != 0:
-        return False
-    values[r] = 0.0
-    if want_grad:
-        grad[r, :] = 0.0
-    return True
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
@@ -330,14 +335,14 @@ def _softmax_chain(b_side, g_row, g2_row, p_raw, grad_row, kind, pred_format, ep
     g_sum, g2_sum = like(zero, g_sum), like(zero, g2_sum)
     one = like(zero, 1.0)
     low = like(zero, epsilon)
-    for i in range(p_raw.shape[0]):
+    for i in span(0, p_raw.shape[0]):
         softmax = b_side[4][i] * b_side[5]  # e_i / Σ e
         value = softmax_chain(g_row[i], softmax, g_sum, factor)
         if kind == SYMMETRIC:
             value += softmax_chain(g2_row[i], softmax, g2_sum, factor2)
         if pred_format == PROBS:  # ∂ log p / ∂p = 1 / p (±inf or NaN at p = 0, as autograd's)
             x = p_raw[i]
-            inside = x == _clip(x, low, one) if epsilon > 0 else True
+            inside = x == clip(x, low, one) if epsilon > 0 else True
             value = value / x if inside else like(x, 0.0)
         grad_row[i] = value
 
@@ -346,140 +351,56 @@ def _softmax_chain(b_side, g_row, g2_row, p_raw, grad_row, kind, pred_format, ep
 def general_kernel(kind: int, mode: int):
     """The kernel for one divergence ``kind`` and gradient ``mode``: both are compile-time constants
     (closure variables), so its loops hold one formula each and vectorize. Each pair is compiled on
-    first use and cached on disk (Numba keys the cache by the closure's values)."""
+    first use and cached on disk (Numba keys the cache by the closure's values). The parallel
+    function only hands rows to threads; a row's work is a function of its own (compiled once, not
+    inlined into the parallel one: Numba's parallel passes on the inlined rows took most of the
+    compile time)."""
 
-    @njit(parallel=True, fastmath=FASTMATH, cache=True)
-    def kernel(
-        t,
-        p,
-        coef,
-        keep,
-        values,
-        grad,
-        outside,
-        true_format,
-        pred_format,
-        epsilon,
-        inv_t,
-        beta,
-        want_grad,
-        parts,
-    ):
-        rows, n = p.shape
+    @row_function
+    def row(t_row, p_row, grad_row, scratch, options, coef_r, want_grad):
+        """One kept row: its value and its [0, 1] bits; the gradient into ``grad_row``."""
+        true_format, pred_format, epsilon, inv_t, beta = options
+        log_scratch, exp_scratch, g_scratch = scratch
         true_lse = true_format == LOGITS or inv_t != 1.0
         pred_lse = mode == GRAD_SOFTMAX
         log_epsilon = math.log(epsilon) if epsilon > 0 else -np.inf
-        log_beta = math.log(beta)
-        log1m_beta = math.log1p(-beta)
         # Which sides' probabilities are read (compile-time constants: kind and mode are): t except
         # in the reverse KL; q except in the forward KL (and where it is p itself), and the
         # student's softmax of the chain rule.
         keep_true = kind != REVERSE
         keep_pred = (kind != FORWARD and mode != GRAD_PROBS) or mode == GRAD_SOFTMAX
+        bits = _check_rows(t_row, p_row, true_format == PROBS, pred_format == PROBS)
+        a_side = _log_probs_of(
+            t_row, true_format, true_lse, keep_true, epsilon, inv_t, log_scratch[0], exp_scratch[0]
+        )
+        b_side = _log_probs_of(
+            p_row, pred_format, pred_lse, keep_pred, epsilon, inv_t, log_scratch[1], exp_scratch[1]
+        )
+        constants = (epsilon, log_epsilon, coef_r, beta, math.log(beta), math.log1p(-beta))
+        g_row = g_scratch[0] if pred_lse else grad_row
+        g2_row = g_scratch[1] if pred_lse else grad_row
+        sums = _row_values(a_side, b_side, p_row, g_row, g2_row, kind, mode, constants, want_grad)
+        if want_grad and pred_lse:
+            factor, g_sums = inv_t * coef_r, sums[1:]
+            _softmax_chain(b_side, g_row, g2_row, p_row, grad_row, kind, pred_format, epsilon, factor, g_sums)
+        return sums[0], bits
+
+    @njit(parallel=True, fastmath=FASTMATH, cache=True)
+    def kernel(t, p, coef, keep, values, grad, outside, options, want_grad, parts):
+        rows, n = p.shape
         for part in prange(parts):
             # Cache-resident rows, allocated once per run of rows, each group in its own block (LLVM
             # then vectorizes the loops that read one and write another): each side's log clip(p)
             # for probabilities, each side's exponentials of the log-sum-exp, g before the chain rule.
-            log_scratch = np.empty((2, n), dtype=p.dtype)
-            exp_scratch = np.empty((2, n), dtype=p.dtype)
-            g_scratch = np.empty((2, n), dtype=p.dtype)
+            scratch = (np.empty((2, n), p.dtype), np.empty((2, n), p.dtype), np.empty((2, n), p.dtype))
             for r in range(part * rows // parts, (part + 1) * rows // parts):
-                if _masked_row(r, keep, values, grad, want_grad):
+                if masked_row(r, keep, values, grad, want_grad):
                     outside[r] = 0
                     continue
-                outside[r] = _check_rows(t[r], p[r], true_format == PROBS, pred_format == PROBS)
                 grad_row = grad[r] if want_grad else grad[0]
-                a_side = _log_probs_of(
-                    t[r], true_format, true_lse, keep_true, epsilon, inv_t, log_scratch[0], exp_scratch[0]
-                )
-                b_side = _log_probs_of(
-                    p[r], pred_format, pred_lse, keep_pred, epsilon, inv_t, log_scratch[1], exp_scratch[1]
-                )
-                constants = (epsilon, log_epsilon, coef[r], beta, log_beta, log1m_beta)
-                g_row = g_scratch[0] if pred_lse else grad_row
-                g2_row = g_scratch[1] if pred_lse else grad_row
-                # fmt: off
-                total, g_sum, g2_sum = _row_values(
-                    a_side, b_side, p[r], g_row, g2_row, kind, mode, constants, want_grad)
-                values[r] = total
-                if want_grad and pred_lse:
-                    factor = inv_t * coef[r]
-                    _softmax_chain(b_side, g_row, g2_row, p[r], grad_row, kind, pred_format, epsilon,
-                                   factor, (g_sum, g2_sum))
-                # fmt: on
+                values[r], outside[r] = row(t[r], p[r], grad_row, scratch, options, coef[r], want_grad)
 
     return kernel
-
-
-@njit(inline="always", fastmath=FASTMATH, cache=True)
-def _clipped_forward_block(t_row, p_row, start, stop, low, grad_row, scale, want_grad):
-    """Keras mode with ``ε ≥`` the smallest normal float: ``t/p ∈ [ε, 1/ε]`` is positive, normal and
-    finite, so the log needs no special-value handling (the loop is only arithmetic)."""
-    block_total = like(low, 0.0)
-    high = like(low, 1.0)
-    if want_grad:
-        for i in range(start, stop):
-            t_i = _clip(t_row[i], low, high)
-            p_raw = p_row[i]
-            p_i = _clip(p_raw, low, high)
-            ratio = t_i / p_i
-            block_total += t_i * fast_log_normal(ratio)
-            grad_row[i] = -ratio * scale if p_i == p_raw else like(ratio, 0.0)
-    else:
-        for i in range(start, stop):
-            t_i = _clip(t_row[i], low, high)
-            block_total += t_i * fast_log_normal(t_i / _clip(p_row[i], low, high))
-    return block_total
-
-
-@njit(inline="always", fastmath=FASTMATH, cache=True)
-def _any_forward_block(t_row, p_row, start, stop, epsilon, grad_row, scale, want_grad):
-    """Exact mode (ε = 0: ``0·log 0 = 0``, ``log(t/0) = inf``) or a subnormal ε: the full log."""
-    exact = epsilon == 0.0
-    block_total = like(scale, 0.0)
-    for i in range(start, stop):
-        t_i, p_i = t_row[i], p_row[i]
-        if exact:
-            # The core's exact program t (log t − log p): a ratio of subnormals would overflow.
-            term = t_i * (fast_log(t_i) - fast_log(p_i))
-            kept = True
-        else:
-            t_i = _clip(t_i, epsilon, 1.0)
-            p_i = _clip(p_i, epsilon, 1.0)
-            term = t_i * fast_log(t_i / p_i)
-            kept = p_i == p_row[i]
-        ratio = t_i / p_i
-        if exact and t_i == 0.0:
-            term = like(term, 0.0)
-            ratio = like(ratio, 0.0)
-        block_total += term
-        if want_grad:
-            grad_row[i] = -ratio * scale if kept else like(ratio, 0.0)
-    return block_total
-
-
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def forward_probs_kernel(t, p, coef, keep, values, grad, outside, epsilon, want_grad):
-    """Forward KL of probabilities, ``T = 1``: Keras' program ``t·log(t/p)``, ``∂/∂p = −t/p``."""
-    rows, n = p.shape
-    normal_clip = epsilon >= SMALLEST_NORMAL_FLOAT32
-    for r in prange(rows):
-        if _masked_row(r, keep, values, grad, want_grad):
-            outside[r] = 0
-            continue
-        t_row, p_row = t[r], p[r]
-        outside[r] = _check_rows(t_row, p_row, True, True)
-        grad_row = grad[r] if want_grad else grad[0]
-        scale = like(p_row[0], coef[r])
-        low = like(p_row[0], epsilon)
-        total = 0.0
-        for start in range(0, n, BLOCK):
-            stop = min(start + BLOCK, n)
-            if normal_clip:
-                total += _clipped_forward_block(t_row, p_row, start, stop, low, grad_row, scale, want_grad)
-            else:
-                total += _any_forward_block(t_row, p_row, start, stop, epsilon, grad_row, scale, want_grad)
-        values[r] = total
 
 
 def fused_rows(
@@ -532,10 +453,20 @@ def fused_rows(
     with _launch_guard():
         if kind == FORWARD and true_format == pred_format == "probs" and temperature == 1.0:
             forward_probs_kernel(
-                y_true, y_pred, coef, keep, values, grad, outside, float(epsilon), bool(want_grad)
+                y_true,
+                y_pred,
+                coef,
+                keep,
+                values,
+                grad,
+                outside,
+                float(epsilon),
+                bool(want_grad),
+                bool(want_grad and np.may_share_memory(grad, y_pred)),
             )
         else:
             inv_t = 1.0 / float(temperature)
+            js_beta = float(0.5 if beta is None else beta)
             pred_code = FORMAT_CODES[pred_format]
             if pred_code == LOGITS or inv_t != 1.0:
                 mode = GRAD_SOFTMAX
@@ -549,11 +480,7 @@ def fused_rows(
                 values,
                 grad,
                 outside,
-                FORMAT_CODES[true_format],
-                pred_code,
-                float(epsilon),
-                inv_t,
-                0.5 if beta is None else float(beta),
+                (FORMAT_CODES[true_format], pred_code, float(epsilon), inv_t, js_beta),
                 bool(want_grad),
                 max(1, min(y_pred.shape[0], ROW_RUNS_PER_THREAD * numba.get_num_threads())),
             )
