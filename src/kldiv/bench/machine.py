@@ -70,6 +70,44 @@ def numba_target() -> str | None:
     return numba.config.CPU_NAME or llvmlite.binding.get_host_cpu_name()
 
 
+CPU_TARGETS = {
+    "host": (),
+    "x86-64-v3": ("avx2", "fma"),
+    "x86-64-v4": ("avx512f", "avx512bw", "avx512vl"),
+}
+"""``kldiv bench --cpu-target``: the CPUs Numba can be told to generate code for, with the
+``/proc/cpuinfo`` flags each needs. ``host`` is this CPU (Numba's default); ``x86-64-v3`` is AVX2 +
+FMA code (what an AVX2 machine runs), ``x86-64-v4`` AVX-512 instructions on LLVM's preferred
+256-bit vectors."""
+
+
+def select_cpu_target(name: str) -> None:
+    """Make Numba generate code for ``name`` (:data:`CPU_TARGETS`), before Numba is imported.
+
+    ``NUMBA_CPU_NAME`` with an empty ``NUMBA_CPU_FEATURES``: the named CPU's own features (a name
+    alone keeps the host's features, AVX-512 included). Numba's disk cache keys each kernel on the
+    target, so each target compiles once. Raises ``ValueError`` for an unknown name, a CPU without
+    the flags the target needs, or a process that imported Numba already.
+    """
+    if name not in CPU_TARGETS:
+        raise ValueError(
+            f"Option `--cpu-target`: expected one of {', '.join(CPU_TARGETS)}; received {name!r}."
+        )
+    if name == "host":
+        return
+    flags = isa_flags()
+    missing = [flag for flag in CPU_TARGETS[name] if flags is None or flag not in flags]
+    if missing:
+        raise ValueError(
+            f"Option `--cpu-target`: expected a target this CPU can run; received {name!r}, which needs "
+            f"{', '.join(missing)} (this CPU has: {' '.join(flags or ['unknown'])})."
+        )
+    if "numba" in sys.modules:
+        raise ValueError("Option `--cpu-target`: Numba is imported already; choose the target before it is.")
+    os.environ["NUMBA_CPU_NAME"] = name
+    os.environ["NUMBA_CPU_FEATURES"] = ""
+
+
 def machine_info() -> dict[str, Any]:
     """CPU, ISA, Numba target, core counts, memory, platform, Python and the loaded frameworks' threads."""
     try:

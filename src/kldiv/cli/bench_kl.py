@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from ..bench.kl.cases import MODES, PEERS
 from ..bench.kl.report import tables, write_plot
 from ..bench.kl.run import DEFAULT_SIZES, Config, run_benchmark
-from ..bench.machine import machine_line
+from ..bench.machine import CPU_TARGETS, machine_line, select_cpu_target
 from . import arguments
 from .parser import Parser
 from .tables import markdown, print_tables
@@ -24,14 +24,16 @@ Time kldiv (fused Numba kernel and core) against NumPy, SciPy, PyTorch, JAX, opt
 Keras 3, and against the machine's memory floors (reading both inputs; reading both and writing a
 gradient): KL(t||p) of fp32 softmax rows, mean over rows, forward and forward+backward. Medians of
 runs interleaved round-robin after a warm-up; ratios to kldiv fused and to the floor, measured in
-the same run; the CPU, its ISA and Numba's code-generation target are printed with them. Peers that
-are not installed are skipped and named."""
+the same run; the CPU, its ISA and Numba's code-generation target (--cpu-target) are printed with
+them. kldiv runs in Keras mode (clip at 1e-7) and in exact mode (epsilon=0). Peers that are not
+installed are skipped and named."""
 
 EPILOG = """\
 examples:
   kldiv bench
   kldiv bench --sizes 32x1000,1024x32000 --repeats 3 --peers jax,torch
   kldiv bench --json results.json --plot results.png --memory
+  kldiv bench --sizes 4096x32000 --cpu-target x86-64-v3
 
 --plot needs matplotlib (pip install "kldiv[bench]"); --plot, --json and --markdown are checked
 before anything is measured."""
@@ -65,6 +67,13 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--memory", action="store_true", help="also measure peak memory, one fresh process per case (slow)"
     )
+    parser.add_argument(
+        "--cpu-target",
+        choices=list(CPU_TARGETS),
+        default="host",
+        help="the CPU Numba generates the kernels for: host (default), x86-64-v3 (AVX2 code), "
+        "x86-64-v4 (AVX-512 code on 256-bit vectors); the target that ran is printed",
+    )
     arguments.add_run_options(parser, repeats=5, warmup_least=1, unit="run")
     arguments.add_output_options(parser, plot=True)
     return parser
@@ -74,6 +83,7 @@ def bench_command(argv: Sequence[str]) -> int:
     """``kldiv bench [options]``: run, print the tables, write the JSON / plot / Markdown asked for."""
     args = build_parser().parse_args(list(argv))
     arguments.check_outputs(args)
+    select_cpu_target(args.cpu_target)  # before anything imports Numba
     config = Config(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Config)})
     report = run_benchmark(config, stream=sys.stderr, use_rich=not args.plain)
     report["command"] = " ".join(["kldiv", "bench", *argv])

@@ -64,6 +64,7 @@ def implementations(keras_backend_name: str | None = None) -> list[Implementatio
         I("floor_rw", "floor: read both, write one array", "floor", B, floors.read_write(False)),
         I("floor_rw_new", "floor: read both, write a new array", "floor", B, floors.read_write(True)),
         I("kldiv_fused", "kldiv fused (numba), NumPy", "kldiv", F, kldiv_loss("numba", "numpy", F)),
+        I("kldiv_fused_exact", "kldiv fused (numba), exact mode, NumPy", "kldiv", F, fused_exact(F)),
         I("kldiv_core", "kldiv core, NumPy", "kldiv", F, kldiv_loss("core", "numpy", F)),
         I("kldiv_fused_torch", "kldiv fused (numba), torch", "kldiv", F, kldiv_loss("numba", "torch", F)),
         I("kldiv_core_torch", "kldiv core, torch", "kldiv", F, kldiv_loss("core", "torch", F)),
@@ -73,6 +74,13 @@ def implementations(keras_backend_name: str | None = None) -> list[Implementatio
             "kldiv",
             B,
             kldiv_loss("numba", "torch", B),
+        ),
+        I(
+            "kldiv_fused_exact",
+            "kldiv fused (numba), exact mode, torch backward()",
+            "kldiv",
+            B,
+            fused_exact(B),
         ),
         I("kldiv_core", "kldiv core, torch backward()", "kldiv", B, kldiv_loss("core", "torch", B)),
         I("numpy_formula", "NumPy formula (clip as Keras)", "numpy", F, numpy_formula),
@@ -94,6 +102,11 @@ def implementations(keras_backend_name: str | None = None) -> list[Implementatio
         I("keras3", keras + ")", "keras", F, keras3_loss(F)),
         I("keras3", keras + ", gradient)", "keras", B, keras3_loss(B)),
     ]
+
+
+def fused_exact(mode: str) -> Callable[[Inputs], Case]:
+    """kldiv's Numba kernel in exact mode (``epsilon=0``): NumPy forward, torch forward+backward."""
+    return kldiv_loss("numba", "numpy" if mode == "forward" else "torch", mode, epsilon=0.0)
 
 
 def find(key: str, mode: str) -> Implementation:

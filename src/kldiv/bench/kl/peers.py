@@ -14,14 +14,16 @@ from .inputs import Inputs
 EPSILON = 1e-7  # Keras' clip, used by the NumPy formula and the clipped JAX formula
 
 
-def kldiv_loss(backend: str, framework: str, mode: str) -> Callable[[Inputs], Case]:
+def kldiv_loss(
+    backend: str, framework: str, mode: str, epsilon: float | None = None
+) -> Callable[[Inputs], Case]:
     """``kldiv.KLDivergence(backend=backend)`` on NumPy arrays or torch tensors (``loss.backward()``
-    in the ``backward`` mode)."""
+    in the ``backward`` mode); ``epsilon=0.0``: exact mode (no clip)."""
 
     def build(inputs: Inputs) -> Case:
         import kldiv
 
-        loss = kldiv.KLDivergence(backend=backend)
+        loss = kldiv.KLDivergence(backend=backend, epsilon=epsilon)
         if framework == "numpy":
             t, p = inputs.t, inputs.p
             return Case(lambda: loss(t, p))
