@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .core import divergences
+
 Array = Any
 Namespace = Any
 
@@ -74,18 +76,28 @@ def namespace_of(x: Array) -> Namespace:
     except ImportError:
         own = getattr(x, "__array_namespace__", None)
         if own is not None:
-            return own()
+            return _with_clip(own())
         raise TypeError(
             f"kldiv needs the package array-api-compat to work with {type(x).__module__}."
             f"{type(x).__name__} arrays; install it with `pip install kldiv[array-api]`."
         ) from None
     try:
-        return array_api_compat.array_namespace(x)
+        xp = array_api_compat.array_namespace(x)
     except TypeError:
         raise TypeError(
             f"kldiv cannot compute with arrays of type {type(x).__module__}.{type(x).__name__}: "
             "expected a NumPy, PyTorch, JAX, TensorFlow or other array-API array, or a Python list."
         ) from None
+    return _with_clip(xp)
+
+
+def _with_clip(xp: Namespace) -> Namespace:
+    """``xp``, with its own form of the core's clip registered first where it has one (JAX)."""
+    if getattr(xp, "__name__", "") == "jax.numpy" and "jax.numpy" not in divergences.CLIPS:
+        from . import _jax_clip
+
+        divergences.CLIPS["jax.numpy"] = _jax_clip.clip
+    return xp
 
 
 def common_namespace(*arrays: Array) -> Namespace:

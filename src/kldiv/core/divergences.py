@@ -94,6 +94,11 @@ def logsumexp(xp: Namespace, x: Array, axis: int) -> Array:
     return top + xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
 
+CLIPS: dict[str, Callable[[Array, float, float], Array]] = {}
+"""Implementations of :func:`clip`'s rule for one namespace (by its ``__name__``) where a
+framework's compiler needs another form of it (``jax.numpy``: :mod:`kldiv._jax_clip`)."""
+
+
 def clip(xp: Namespace, x: Array, low: float, high: float) -> Array:
     """Keras' clip to ``[low, high]`` (a NaN stays NaN) with the gradient of ``torch.clamp``: 1 inside
     the closed interval, 0 outside it *and at NaN*.
@@ -101,7 +106,10 @@ def clip(xp: Namespace, x: Array, low: float, high: float) -> Array:
     ``xp.clip`` would leave the gradient at NaN to the framework: ``torch.clamp`` passes 0, JAX's
     ``clip`` (a ``minimum`` of a ``maximum``) passes the NaN cotangent on, which the log-softmax's
     backward then spreads over the row. One rule here for every namespace (and the kernels, which
-    follow ``torch.clamp``)."""
+    follow ``torch.clamp``); a namespace in :data:`CLIPS` computes the same rule its own way."""
+    special = CLIPS.get(getattr(xp, "__name__", ""))
+    if special is not None:
+        return special(x, low, high)
     inside = (x >= low) & (x <= high)
     nan = xp.full_like(x, math.nan)
     outside = xp.where(x < low, xp.full_like(x, low), xp.where(x > high, xp.full_like(x, high), nan))

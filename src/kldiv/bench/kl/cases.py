@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from ..timing import Case
 from . import floors
-from .frameworks import jax_jit, keras3_loss, optax_kl, tf_keras_loss
+from .frameworks import jax_jit, keras3_loss, kldiv_jax, optax_kl, tf_keras_loss
 from .inputs import Inputs
 from .peers import kldiv_loss, numpy_formula, scipy_rel_entr, torch_kl_div
 
@@ -93,6 +93,10 @@ def implementations(keras_backend_name: str | None = None) -> list[Implementatio
         I("jax_jit_clip", "JAX jit(formula), clip as Keras", "jax", F, jax_jit(F, clip=True)),
         I("jax_jit", "JAX jit(value_and_grad(formula))", "jax", B, jax_jit(B)),
         I("jax_jit_clip", "JAX jit(value_and_grad), clip as Keras", "jax", B, jax_jit(B, clip=True)),
+        I("kldiv_jax", "kldiv.jax.kl_divergence, jit", "jax", F, kldiv_jax(F)),
+        I("kldiv_jax_exact", "kldiv.jax.kl_divergence, jit, exact mode", "jax", F, kldiv_jax(F, 0.0)),
+        I("kldiv_jax", "kldiv.jax jit(value_and_grad)", "jax", B, kldiv_jax(B)),
+        I("kldiv_jax_exact", "kldiv.jax jit(value_and_grad), exact mode", "jax", B, kldiv_jax(B, 0.0)),
         I("optax", "optax kl_divergence, jit (log-probs given)", "optax", F, optax_kl(F)),
         I("optax", "optax jit(value_and_grad) (log-probs given)", "optax", B, optax_kl(B)),
         I("tf_keras_function", "tf_keras KLDivergence, tf.function", "tf_keras", F, tf_keras_loss(F, True)),

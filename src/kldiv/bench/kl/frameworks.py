@@ -45,6 +45,25 @@ def jax_jit(mode: str, clip: bool = False) -> Callable[[Inputs], Case]:
     return build
 
 
+def kldiv_jax(mode: str, epsilon: float | None = None) -> Callable[[Inputs], Case]:
+    """``jax.jit`` of ``kldiv.jax.kl_divergence(t, p, reduction="sum_over_batch_size")`` (or its
+    ``value_and_grad`` w.r.t. ``p``); ``epsilon=0.0``: exact mode."""
+
+    def build(inputs: Inputs) -> Case:
+        import jax
+
+        import kldiv.jax
+
+        def loss(t: Any, p: Any) -> Any:
+            return kldiv.jax.kl_divergence(t, p, reduction="sum_over_batch_size", epsilon=epsilon)
+
+        t, p = inputs.jax("t"), inputs.jax("p")
+        f = jax.jit(loss if mode == "forward" else jax.value_and_grad(loss, argnums=1))
+        return Case(lambda: _sync_jax(f(t, p)))
+
+    return build
+
+
 def optax_kl(mode: str) -> Callable[[Inputs], Case]:
     """``jax.jit`` of ``optax.losses.kl_divergence(log_p, t).mean()`` (or its value and gradient)."""
 
