@@ -317,3 +317,32 @@ def test_non_finite_logit_rows_match_core(epsilon, direction):
     for kernel, core in zip(results["numba"], results["core"], strict=True):
         np.testing.assert_array_equal(np.isnan(kernel), np.isnan(core))
         np.testing.assert_allclose(kernel, core, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("hostile", [False, True])
+def test_exact_mode_gradient_written_over_y_pred_or_y_true(hostile):
+    """Exact mode's forward KL stages a block's gradient when ``out`` shares memory with an input, so
+    that a block it computes again (zeros, NaN, denormals: not ordinary) still reads the inputs as they
+    were: ``out=y_pred`` and ``out=y_true`` give the gradient of separate arrays, equal to the core's."""
+    from kldiv.kernels.numba_cpu import fused_rows
+
+    rng = np.random.default_rng(11)
+    t = rng.dirichlet(np.ones(1300), size=5).astype(np.float32)  # three blocks per row
+    p = rng.dirichlet(np.ones(1300), size=5).astype(np.float32)
+    if hostile:
+        t[0, 5], p[1, 700], p[2, 3], t[3, 1200], p[4, 10] = 0.0, 0.0, np.nan, 1e-41, 1e-41
+    kwargs = dict(true_format="probs", pred_format="probs", direction="forward", beta=None)
+    kwargs |= dict(epsilon=0.0, temperature=1.0, want_grad=True)
+    with np.errstate(all="ignore"):
+        values, grad = fused_rows(t, p.copy(), np.ones(5), **kwargs)
+        for target in ("y_pred", "y_true"):
+            tt, pp = t.copy(), p.copy()
+            buffer = pp if target == "y_pred" else tt
+            values_in_place, grad_in_place = fused_rows(tt, pp, np.ones(5), out=buffer, **kwargs)
+            np.testing.assert_array_equal(values_in_place, values)
+            np.testing.assert_array_equal(grad_in_place, grad)
+        core = torch.tensor(p.astype(np.float64), requires_grad=True)
+        expected = kldiv.kl_divergence(torch.tensor(t.astype(np.float64)), core, epsilon=0.0, backend="core")
+        expected.sum().backward()
+    np.testing.assert_allclose(values, expected.detach().numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad, core.grad.numpy(), rtol=1e-5, atol=1e-6)

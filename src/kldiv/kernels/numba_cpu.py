@@ -450,20 +450,13 @@ def fused_rows(
         values[:] = 0.0
         outside[:] = 0
         return values, (grad if want_grad else None)
+    arrays = (y_true, y_pred, coef, keep, values, grad, outside)
     with _launch_guard():
         if kind == FORWARD and true_format == pred_format == "probs" and temperature == 1.0:
-            forward_probs_kernel(
-                y_true,
-                y_pred,
-                coef,
-                keep,
-                values,
-                grad,
-                outside,
-                float(epsilon),
-                bool(want_grad),
-                bool(want_grad and np.may_share_memory(grad, y_pred)),
+            in_place = bool(
+                want_grad and (np.may_share_memory(grad, y_pred) or np.may_share_memory(grad, y_true))
             )
+            forward_probs_kernel(*arrays, float(epsilon), bool(want_grad), in_place)
         else:
             inv_t = 1.0 / float(temperature)
             js_beta = float(0.5 if beta is None else beta)
@@ -472,18 +465,9 @@ def fused_rows(
                 mode = GRAD_SOFTMAX
             else:
                 mode = GRAD_PROBS if pred_code == PROBS else GRAD_LOG_PROBS
-            general_kernel(kind, mode)(
-                y_true,
-                y_pred,
-                coef,
-                keep,
-                values,
-                grad,
-                outside,
-                (FORMAT_CODES[true_format], pred_code, float(epsilon), inv_t, js_beta),
-                bool(want_grad),
-                max(1, min(y_pred.shape[0], ROW_RUNS_PER_THREAD * numba.get_num_threads())),
-            )
+            options = (FORMAT_CODES[true_format], pred_code, float(epsilon), inv_t, js_beta)
+            parts = max(1, min(y_pred.shape[0], ROW_RUNS_PER_THREAD * numba.get_num_threads()))
+            general_kernel(kind, mode)(*arrays, options, bool(want_grad), parts)
 
     return values, (grad if want_grad else None)
 

@@ -141,7 +141,8 @@ def _forward_block(t_row, p_row, start, stop, epsilon, grad_row, grad_block, sca
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def forward_probs_kernel(t, p, coef, keep, values, grad, outside, epsilon, want_grad, in_place):
     """Forward KL of probabilities, ``T = 1``: Keras' program ``t·log(t/p)``, ``∂/∂p = −t/p``; the
-    [0, 1] check of both sides counted in the same loops. ``in_place``: ``grad`` is ``p``. (The rows'
+    [0, 1] check of both sides counted in the same loops. ``in_place``: ``grad`` may share memory
+    with ``t`` or ``p`` (exact mode then stages each block's gradient before writing it). (The rows'
     work stays inlined here: as a function of its own, LLVM left its loops scalar, 4× slower.)"""
     rows, n = p.shape
     for r in prange(rows):
