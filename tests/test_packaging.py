@@ -4,6 +4,7 @@ with NumPy as its only dependency."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,9 @@ pytest.importorskip("twine")
 
 
 def _run(*command: str | Path, cwd: Path | None = None) -> str:
-    done = subprocess.run([str(part) for part in command], cwd=cwd, capture_output=True, text=True)
+    # Without PYTHONPATH: the fresh venv must see the installed wheel, never a checkout's src/.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([str(part) for part in command], cwd=cwd, capture_output=True, text=True, env=env)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
