@@ -19,10 +19,10 @@ pytest.importorskip("build")
 pytest.importorskip("twine")
 
 
-def _run(*command: str | Path, cwd: Path | None = None) -> str:
+def _run(*command: str | Path) -> str:
     # Without PYTHONPATH: the fresh venv must see the installed wheel, never a checkout's src/.
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    done = subprocess.run([str(part) for part in command], cwd=cwd, capture_output=True, text=True, env=env)
+    done = subprocess.run([str(part) for part in command], capture_output=True, text=True, env=env)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
