@@ -95,7 +95,22 @@ class ChunkingArguments(TypedDict, total=False):
     teacher_topk_format: str
 
 
-class ChunkedArguments(OptionArguments, TokenArguments, ChunkingArguments, total=False):
+class LogitMapArguments(TypedDict, total=False):
+    """What the model does to its logits after the projection (:mod:`kldiv.core.logit_maps`), per side,
+    for the PyTorch chunked and fused-linear losses.
+
+    Keys:
+        student_softcap, teacher_softcap: Gemma's ``final_logit_softcapping`` ``c``: ``z → c·tanh(z / c)``.
+        student_logit_scale, teacher_logit_scale: Cohere's ``logit_scale`` ``s``: ``z → s·z`` (before a cap).
+    """
+
+    student_softcap: float | None
+    teacher_softcap: float | None
+    student_logit_scale: float | None
+    teacher_logit_scale: float | None
+
+
+class ChunkedArguments(OptionArguments, TokenArguments, ChunkingArguments, LogitMapArguments, total=False):
     """``kldiv.fused.torch.chunked_kl_divergence``: options, chunking, per-token weighting and a
     ``reduction``."""
 

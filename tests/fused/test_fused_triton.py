@@ -273,3 +273,38 @@ def test_losses_hand_bfloat16_to_triton_unwidened(monkeypatch):
     assert value.dtype == grad.dtype == torch.bfloat16
     torch.testing.assert_close(value.float(), core_value.float(), rtol=1e-2, atol=1e-3)
     assert _relative_error(grad, core_grad.double()) <= 1e-2
+
+
+@interpreted_only
+@pytest.mark.parametrize("teacher", ["logits", "hidden"])
+def test_soft_cap_and_scale_in_triton_chunks(triton_chunks, teacher):
+    """``student_softcap`` / ``student_logit_scale`` / ``teacher_softcap`` in the Triton chunks: the
+    kernel reads the capped logits, the chain rule's factor reaches every gradient; equal to the
+    float64 core on logits capped by hand."""
+    t = _tensors(torch.float32, seed=3)
+    maps = {"student_softcap": 2.0, "student_logit_scale": 1.4, "teacher_softcap": 1.5}
+    low = {n: t[n].clone().requires_grad_(n in ("h", "w", "b")) for n in ("h", "w", "b", "th", "tw", "tl")}
+    wide = {n: x.detach().double().requires_grad_(n in ("h", "w", "b")) for n, x in low.items()}
+    teacher_args = (
+        {"teacher_hidden": low["th"], "teacher_weight": low["tw"]}
+        if teacher == "hidden"
+        else {"teacher_logits": low["tl"]}
+    )
+    loss = FusedLinearKLDivergence(chunk_size=4, temperature=1.2, **maps)
+    value = loss(low["h"], low["w"], low["b"], labels=t["labels"], **teacher_args)
+    grads = torch.autograd.grad(value, [low["h"], low["w"], low["b"]])
+
+    def cap(z, c):
+        return torch.tanh(z / c) * c
+
+    teacher_logits = wide["tl"] if teacher == "logits" else wide["th"] @ wide["tw"].T
+    student_logits = cap((wide["h"] @ wide["w"].T + wide["b"]) * 1.4, 2.0)
+    reference = kldiv.KLDivergence(
+        y_true_format="logits", from_logits=True, epsilon=0, backend="core", temperature=1.2
+    )
+    expected = reference(cap(teacher_logits, 1.5), student_logits, labels=t["labels"])
+    expected_grads = torch.autograd.grad(expected, [wide["h"], wide["w"], wide["b"]])
+    assert abs(value.item() - expected.item()) <= 1e-5 * abs(expected.item())
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert _relative_error(got, want) <= TOLERANCE[torch.float32]
+    assert len(triton_chunks) == -(-BT // 4) and all(launch["in_place"] for launch in triton_chunks)

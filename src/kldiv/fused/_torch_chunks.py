@@ -26,6 +26,7 @@ from .. import _namespace
 from .. import losses as _losses
 from .._extras import require
 from ..core import chunking
+from ..core.logit_maps import LogitMap
 from ..core.reductions import token_weights
 from ..kernels import dispatch
 from ..options import Options
@@ -49,6 +50,8 @@ class _Config:
     rows_per_chunk: int
     topk_format: str
     kernel: str | None  # the plan's: "numba" (CPU), "triton" (CUDA) or None: autograd through the core
+    student_map: LogitMap = LogitMap()  # the student's logit scale / soft cap, applied to each chunk
+    teacher_map: LogitMap = LogitMap()  # the teacher's (not to a sparse teacher: its values are final)
 
 
 @dataclass
@@ -176,16 +179,44 @@ def _teacher_logits(inputs: Inputs, chunk: slice, out: torch.Tensor | None = Non
     return _linear_into(inputs.teacher_hidden[chunk], inputs.teacher_weight, inputs.teacher_bias, out)
 
 
+def _map_student(config: _Config, student: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """The student's chunk through its logit map (:mod:`kldiv.core.logit_maps`), and the chain rule's
+    factor ``φ'`` (None for the identity; 0 on masked rows, whose raw logits may be NaN or inf)."""
+    logit_map = config.student_map
+    if logit_map.identity:
+        return student, None
+    mapped = logit_map.apply(torch, student).contiguous()
+    factor = logit_map.derivative(torch, mapped)
+    if isinstance(factor, torch.Tensor):
+        factor = factor.masked_fill_(~kept.unsqueeze(-1), 0.0)
+    return mapped, factor
+
+
+def _gradient_buffer(
+    inputs: Inputs, student: torch.Tensor, factor: Any, workspace: _Workspace
+) -> torch.Tensor:
+    """Where a kernel writes ∂/∂student-logits: over the chunk's formed or mapped logits (ours), else —
+    the given logits are the caller's — into the workspace buffer."""
+    if factor is not None or inputs.student_logits is None:
+        return student
+    return workspace.student[: student.shape[0]]
+
+
+def _chain(grad: torch.Tensor, factor: Any) -> torch.Tensor:
+    """∂/∂raw logits = ∂/∂mapped logits · φ' (in place)."""
+    return grad if factor is None else grad.mul_(factor)
+
+
 def _chunk_by_numba(config, inputs, coef, keep, want, chunk, workspace):
     """Value and ∂/∂student-logits of one chunk from the fused Numba kernel (CPU, one pass)."""
     from ..kernels.numba_cpu import fused_rows
 
     student = _wide(_student_logits(inputs, chunk, workspace.student).detach()).contiguous()
-    teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype).contiguous()
+    student, factor = _map_student(config, student, keep[chunk])
+    teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype)
+    teacher = config.teacher_map.apply(torch, teacher).contiguous()
     want_grad = any(want.values())
-    out = None
-    if want_grad:  # in place over the formed logits; the given logits are the caller's: a buffer
-        out = student if inputs.student_logits is None else workspace.student[: student.shape[0]]
+    out = _gradient_buffer(inputs, student, factor, workspace) if want_grad else None
     values, grad = fused_rows(
         teacher.numpy(),
         student.numpy(),
@@ -195,7 +226,7 @@ def _chunk_by_numba(config, inputs, coef, keep, want, chunk, workspace):
         out=None if out is None else out.numpy(),
         **config.options.formula_arguments(),
     )
-    gradients = {} if grad is None else {"student": torch.from_numpy(grad)}
+    gradients = {} if grad is None else {"student": _chain(torch.from_numpy(grad), factor)}
     return torch.from_numpy(values), gradients
 
 
@@ -206,11 +237,11 @@ def _chunk_by_triton(config, inputs, coef, keep, want, chunk, workspace):
     from ..kernels.triton import fused_rows_triton
 
     student = _student_logits(inputs, chunk, workspace.student).detach()
+    student, factor = _map_student(config, student, keep[chunk])
     teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype)
+    teacher = config.teacher_map.apply(torch, teacher)
     want_grad = any(want.values())
-    out = None
-    if want_grad:  # in place over the formed logits; the given logits are the caller's: a buffer
-        out = student if inputs.student_logits is None else workspace.student[: student.shape[0]]
+    out = _gradient_buffer(inputs, student, factor, workspace) if want_grad else None
     values, grad = fused_rows_triton(
         teacher,
         student,
@@ -220,7 +251,7 @@ def _chunk_by_triton(config, inputs, coef, keep, want, chunk, workspace):
         out=out,
         **config.options.formula_arguments(),
     )
-    return values, {} if grad is None else {"student": grad}
+    return values, {} if grad is None else {"student": _chain(grad, factor)}
 
 
 def _safe_rows(logits: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
@@ -245,8 +276,9 @@ def _chunk_by_autograd(config, inputs, coef, keep, want, chunk, workspace):
             teacher = _teacher_logits(inputs, chunk).detach().requires_grad_(teacher_wants)
             if teacher_wants:
                 leaves["teacher"] = teacher
-            teacher = _safe_rows(teacher, kept)
-        per_token = _chunk_values(config, teacher, _safe_rows(student, kept), sparse)
+            teacher = config.teacher_map.apply(torch, _safe_rows(teacher, kept))
+        mapped = config.student_map.apply(torch, _safe_rows(student, kept))
+        per_token = _chunk_values(config, teacher, mapped, sparse)
         per_token = torch.where(kept, per_token, torch.zeros_like(per_token))
         if not any(want.values()):
             return per_token.detach(), {}
@@ -327,16 +359,18 @@ class _FusedFunction(torch.autograd.Function):
         return (None, None, None, *out)
 
 
-def _temporaries(kernel: str | None, inputs: Inputs, dtype: torch.dtype) -> int:
+def _temporaries(kernel: str | None, inputs: Inputs, dtype: torch.dtype, maps: tuple[LogitMap, ...]) -> int:
     """Chunk-sized arrays (in units of the compute dtype's ``[c, V]``) at a kernel path's peak: the
     student's logits buffer, the teacher's when it is formed (both kernels write the gradient over
-    the logits), and float32 copies of a float16 / bfloat16 gradient for the weight's accumulation."""
+    the logits), float32 copies of a float16 / bfloat16 gradient for the weight's accumulation, and
+    two per logit map (its output and its derivative, or a temporary of the map)."""
+    mapped = 2 * sum(not m.identity for m in maps)
     if kernel is None:
-        return chunking.AUTOGRAD_TEMPORARIES
+        return chunking.AUTOGRAD_TEMPORARIES + mapped
     count = 1 + (inputs.teacher_hidden is not None)  # given student logits: the buffer holds the gradient
     if torch.finfo(dtype).bits < 32:
         count += 1
-    return max(1, count)
+    return max(1, count) + mapped
 
 
 def _kernel(options: Options, inputs: Inputs, dtype: torch.dtype, device: torch.device) -> str | None:
@@ -363,10 +397,14 @@ def loss(
     chunk_size: int | None,
     memory_budget: int,
     topk_format: str,
+    student_map: LogitMap = LogitMap(),
+    teacher_map: LogitMap = LogitMap(),
 ) -> torch.Tensor:
     """The reduced (or, for ``"none"``, per-token) loss of ``inputs``, chunk by chunk, in the
     accumulation dtype (float64 for float64 inputs, else float32). ``tokens``: the call's
-    ``labels``, ``mask``, ``sample_weight``, ``num_items`` (:class:`kldiv.arguments.TokenArguments`)."""
+    ``labels``, ``mask``, ``sample_weight``, ``num_items`` (:class:`kldiv.arguments.TokenArguments`).
+    ``student_map`` / ``teacher_map``: the logit maps applied to each chunk's logits (not to a
+    sparse teacher's values)."""
     source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
     rows, dtype, device = source.shape[0], source.dtype, source.device
     logits = inputs.student_logits
@@ -386,10 +424,12 @@ def loss(
             memory_budget=memory_budget,
             chunk_size=chunk_size,
             bytes_per_element=max(4, torch.finfo(dtype).bits // 8),
-            temporaries=_temporaries(kernel, inputs, dtype),
+            temporaries=_temporaries(kernel, inputs, dtype, (student_map, teacher_map)),
             minimum_rows=MATMUL_MIN_ROWS if inputs.student_logits is None else 1,
         ),
         topk_format=topk_format,
         kernel=kernel,
+        student_map=student_map,
+        teacher_map=teacher_map,
     )
     return _FusedFunction.apply(config, coef, keep, *(getattr(inputs, n) for n in _NAMES))

@@ -37,6 +37,7 @@ from kldiv._extras import require
 
 from ..arguments import FusedCallArguments, TeacherArguments, TokenArguments, check, split, teacher_form
 from ..core import chunking
+from ..core.logit_maps import LogitMap
 from ..options import NOT_OPTIONS, OptionArguments, Options, changed
 from . import _torch_chunks
 from ._torch_chunks import Inputs
@@ -57,7 +58,15 @@ __all__ = [
 
 REDUCTIONS = ("auto", "token_mean", "mean", "sum_over_batch_size", "sum", "batchmean", "none")
 TOPK_FORMATS = ("log_probs", "logits")
-_CHUNKING = ("chunk_size", "memory_budget", "teacher_topk_format")
+_CHUNKING = (
+    "chunk_size",
+    "memory_budget",
+    "teacher_topk_format",
+    "student_softcap",
+    "teacher_softcap",
+    "student_logit_scale",
+    "teacher_logit_scale",
+)
 _FIXED = {
     "y_true_format": "logits",
     "y_pred_format": "logits",
@@ -78,6 +87,10 @@ class _Divergence(torch.nn.Module):
         chunk_size: int | None = None,
         memory_budget: int = chunking.DEFAULT_MEMORY_BUDGET,
         teacher_topk_format: str = "log_probs",
+        student_softcap: float | None = None,
+        teacher_softcap: float | None = None,
+        student_logit_scale: float | None = None,
+        teacher_logit_scale: float | None = None,
         **options: Unpack[OptionArguments],
     ) -> None:
         super().__init__()
@@ -97,6 +110,10 @@ class _Divergence(torch.nn.Module):
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
         self.teacher_topk_format = teacher_topk_format
+        self.student_map = LogitMap(student_logit_scale, student_softcap, name="student")
+        self.teacher_map = LogitMap(teacher_logit_scale, teacher_softcap, name="teacher")
+        self.student_softcap, self.teacher_softcap = self.student_map.softcap, self.teacher_map.softcap
+        self.student_logit_scale, self.teacher_logit_scale = self.student_map.scale, self.teacher_map.scale
 
     def get_config(self) -> dict[str, Any]:
         """``reduction``, every option and the chunking settings; ``type(m)(**m.get_config())`` is equal."""
@@ -121,6 +138,8 @@ class _Divergence(torch.nn.Module):
             chunk_size=self.chunk_size,
             memory_budget=self.memory_budget,
             topk_format=self.teacher_topk_format,
+            student_map=self.student_map,
+            teacher_map=self.teacher_map,
         )
         dtype = getattr(torch, self.options.dtype) if self.options.dtype is not None else source.dtype
         return value if value.dtype == dtype else value.to(dtype)
@@ -141,6 +160,11 @@ class FusedLinearKLDivergence(_Divergence):
         chunk_size: tokens per chunk; default from ``memory_budget`` bytes of chunk temporaries, and at
             least :data:`MATMUL_MIN_ROWS` (512) tokens when the logits are formed from hidden states.
         teacher_topk_format: ``"log_probs"`` or ``"logits"`` for a sparse teacher.
+        student_softcap, teacher_softcap, student_logit_scale, teacher_logit_scale: what each model
+            does to its logits after the projection (:class:`kldiv.arguments.LogitMapArguments`):
+            ``z → c·tanh(s·z / c)``, applied to each chunk before the temperature, with the gradient
+            through it (Gemma's ``final_logit_softcapping``, Cohere's ``logit_scale``). A sparse
+            teacher's values are taken as they are (store them after the model's own map).
 
     Call ``loss(student_hidden, student_weight, student_bias=None, *, teacher_logits=... |
     teacher_hidden=..., teacher_weight=..., teacher_bias=... | teacher_topk_indices=...,
