@@ -72,3 +72,7 @@ class LogitMap:
             return scale
         ratio = mapped / self.softcap
         return (1.0 - ratio * ratio) * scale
+
+
+IDENTITY = LogitMap()
+"""The map of a model that leaves its logits as they are."""

@@ -26,7 +26,7 @@ from .. import _namespace
 from .. import losses as _losses
 from .._extras import require
 from ..core import chunking
-from ..core.logit_maps import LogitMap
+from ..core.logit_maps import IDENTITY, LogitMap
 from ..core.reductions import token_weights
 from ..kernels import dispatch
 from ..options import Options
@@ -50,8 +50,8 @@ class _Config:
     rows_per_chunk: int
     topk_format: str
     kernel: str | None  # the plan's: "numba" (CPU), "triton" (CUDA) or None: autograd through the core
-    student_map: LogitMap = LogitMap()  # the student's logit scale / soft cap, applied to each chunk
-    teacher_map: LogitMap = LogitMap()  # the teacher's (not to a sparse teacher: its values are final)
+    student_map: LogitMap = IDENTITY  # the student's logit scale / soft cap, applied to each chunk
+    teacher_map: LogitMap = IDENTITY  # the teacher's (not to a sparse teacher: its values are final)
 
 
 @dataclass
@@ -397,8 +397,8 @@ def loss(
     chunk_size: int | None,
     memory_budget: int,
     topk_format: str,
-    student_map: LogitMap = LogitMap(),
-    teacher_map: LogitMap = LogitMap(),
+    student_map: LogitMap = IDENTITY,
+    teacher_map: LogitMap = IDENTITY,
 ) -> torch.Tensor:
     """The reduced (or, for ``"none"``, per-token) loss of ``inputs``, chunk by chunk, in the
     accumulation dtype (float64 for float64 inputs, else float32). ``tokens``: the call's
