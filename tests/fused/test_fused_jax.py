@@ -86,3 +86,16 @@ def test_sparse_topk_k_equals_v_is_dense():
 def test_one_teacher_form_required():
     with pytest.raises(ValueError, match="exactly one teacher form"):
         fused_linear_kl_divergence(ARRAYS["h"], ARRAYS["w"])
+
+
+def test_sparse_topk_with_temperature_tempers_the_student():
+    """Log-probs stored at temperature T (k = V) equal the dense loss at T: the student is tempered."""
+    teacher = jnp.asarray(RNG.normal(size=(BT, V)), dtype=jnp.float32)
+    order = jnp.argsort(-teacher, axis=-1)
+    values = jnp.take_along_axis(jax.nn.log_softmax(teacher / 2.0), order, axis=-1)
+    sparse = fused_linear_kl_divergence(
+        ARRAYS["h"], ARRAYS["w"], teacher_topk_indices=order, teacher_topk_values=values, temperature=2.0
+    )
+    close(
+        sparse, fused_linear_kl_divergence(ARRAYS["h"], ARRAYS["w"], teacher_logits=teacher, temperature=2.0)
+    )

@@ -239,3 +239,64 @@ def test_second_backward_through_a_retained_graph_and_no_grad_copy():
         teacher, logits, y_true_format="logits", y_pred_format="logits", epsilon=0.0
     )
     torch.testing.assert_close(loss.detach(), reference.mean())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_topk_teacher_with_k_equal_v_and_temperature_equals_dense(temperature):
+    """``topk_teacher`` stores the teacher's log-probs at the loss's temperature (int32 indices,
+    formed chunk by chunk from hidden states); with ``k = V`` the sparse loss equals the dense one
+    at that temperature — the student is tempered too — values and gradients."""
+    from kldiv.fused.torch import topk_teacher
+
+    t = tensors()
+    indices, values = topk_teacher(
+        k=V,
+        teacher_hidden=t["th"],
+        teacher_weight=t["tw"],
+        teacher_bias=t["tb"],
+        temperature=temperature,
+        values_dtype=torch.float64,
+        chunk_size=4,
+    )
+    assert indices.dtype == torch.int32 and values.shape == (BT, V)
+    loss = FusedLinearKLDivergence(chunk_size=5, temperature=temperature)
+    sparse = loss(t["h"], t["w"], teacher_topk_indices=indices, teacher_topk_values=values)
+    dense = loss(t["h"], t["w"], teacher_hidden=t["th"], teacher_weight=t["tw"], teacher_bias=t["tb"])
+    torch.testing.assert_close(sparse, dense, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(sparse, t["w"])[0], torch.autograd.grad(dense, t["w"])[0])
+
+
+def test_topk_teacher_values_and_errors():
+    from kldiv.fused.torch import topk_teacher
+
+    generator = torch.Generator().manual_seed(9)
+    logits = torch.randn(3, 4, V, generator=generator, dtype=torch.float64)
+    indices, values = topk_teacher(
+        logits, k=6, temperature=0.7, teacher_softcap=1.5, values_dtype=torch.bfloat16
+    )
+    expected = torch.topk(torch.log_softmax(torch.tanh(logits / 1.5) * 1.5 / 0.7, -1), 6, dim=-1)
+    assert indices.shape == (3, 4, 6) and values.dtype == torch.bfloat16
+    torch.testing.assert_close(indices.long(), expected.indices, rtol=0, atol=0)
+    torch.testing.assert_close(values.double(), expected.values, rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match="`k`"):
+        topk_teacher(logits, k=V + 1)
+    with pytest.raises(ValueError, match="`k`"):
+        topk_teacher(logits, k=0)
+    with pytest.raises(ValueError, match="exactly one teacher"):
+        topk_teacher(k=3)
+    with pytest.raises(ValueError, match="`temperature`"):
+        topk_teacher(logits, k=3, temperature=0)
+
+
+def test_sparse_logits_format_is_tempered_on_both_sides():
+    t = tensors()
+    indices = torch.sort(torch.stack([torch.randperm(V)[:4] for _ in range(BT)]), -1).values
+    teacher_values = torch.randn(BT, 4, dtype=torch.float64)
+    value = FusedLinearKLDivergence(reduction="sum", teacher_topk_format="logits", temperature=1.8)(
+        t["h"], t["w"], teacher_topk_indices=indices, teacher_topk_values=teacher_values
+    )
+    restricted = torch.gather(t["h"] @ t["w"].T, -1, indices)
+    expected = kldiv.KLDivergence(
+        reduction="sum", y_true_format="logits", from_logits=True, epsilon=0, temperature=1.8
+    )(teacher_values, restricted)
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)

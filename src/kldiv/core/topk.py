@@ -39,6 +39,7 @@ def sparse_log_probs(
     topk_format: str,
     *,
     exclude: Callable[[Array, Array], Array],
+    temperature: float = 1.0,
 ) -> tuple[Array, Array]:
     """``(teacher, student)`` log-probabilities over the top-k entries (+ the tail bucket), last axis.
 
@@ -49,11 +50,19 @@ def sparse_log_probs(
         values: ``[rows, k]`` the teacher's values there, ``"logits"`` or ``"log_probs"``.
         topk_format: the format of ``values``.
         exclude: ``exclude(s, indices)`` is ``s`` with ``-inf`` at ``indices`` (a scatter).
+        temperature: ``T``: the student's logits (and ``"logits"`` values) are divided by it;
+            ``"log_probs"`` values are the teacher's log-probabilities *at* ``T`` (they cannot be
+            re-tempered without the teacher's other entries: store them at the loss's temperature,
+            as :func:`kldiv.fused.torch.topk_teacher` does).
 
     Returns:
         Two ``[rows, k]`` arrays (``"logits"``, or ``k = V``), else two ``[rows, k + 1]`` arrays whose
         last entry is the tail bucket.
     """
+    if temperature != 1.0:
+        student_logits = student_logits / temperature
+        if topk_format == "logits":
+            values = values / temperature
     if topk_format == "logits":
         restricted = xp.take_along_axis(student_logits, indices, axis=-1)
         return log_softmax(xp, values, -1), log_softmax(xp, restricted, -1)

@@ -74,13 +74,29 @@ def _linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return torch.nn.functional.linear(hidden, weight, bias)
 
 
+def logits_in_chunks(inputs: Inputs, rows_per_chunk: int, logit_map: LogitMap = IDENTITY):
+    """``(chunk, mapped teacher logits)`` for each chunk of the teacher's rows (formed from hidden states
+    or sliced from given logits), without gradients: one ``[c, V]`` block at a time."""
+    with torch.no_grad():
+        rows = (inputs.teacher_logits if inputs.teacher_logits is not None else inputs.teacher_hidden).shape[
+            0
+        ]
+        for start, stop in chunking.chunks(rows, rows_per_chunk):
+            chunk = slice(start, stop)
+            yield chunk, logit_map.apply(torch, _teacher_logits(inputs, chunk))
+
+
 def _wide(x: torch.Tensor) -> torch.Tensor:
     """float16 / bfloat16 → float32 (kldiv's accumulation rule); float32 / float64 unchanged."""
     return x.float() if x.element_size() < 4 else x
 
 
 def _sparse_log_probs(
-    student_logits: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, topk_format: str
+    student_logits: torch.Tensor,
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    topk_format: str,
+    temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher and student as distributions over the top-k entries (+ the tail bucket):
     :func:`kldiv.core.topk.sparse_log_probs`."""
@@ -92,7 +108,13 @@ def _sparse_log_probs(
         return student.scatter(-1, top, -math.inf)
 
     return topk.sparse_log_probs(
-        xp, _wide(student_logits), indices, _wide(values), topk_format, exclude=exclude
+        xp,
+        _wide(student_logits),
+        indices.long(),
+        _wide(values),
+        topk_format,
+        exclude=exclude,
+        temperature=temperature,
     )
 
 
@@ -100,7 +122,7 @@ def _chunk_values(config: _Config, teacher: torch.Tensor, student: torch.Tensor,
     """Per-token divergence of one chunk (the core's formula, autograd-able)."""
     options = config.options
     if sparse is not None:
-        teacher, student = _sparse_log_probs(student, *sparse, config.topk_format)
+        teacher, student = _sparse_log_probs(student, *sparse, config.topk_format, options.temperature)
         options = dataclasses.replace(
             options, y_true_format="log_probs", y_pred_format="log_probs", temperature=1.0
         )

@@ -39,7 +39,7 @@ _LOGITS = {"y_true_format": "logits", "y_pred_format": "logits", "from_logits": 
 REDUCTIONS = ("auto", "token_mean", "mean", "sum_over_batch_size", "sum", "batchmean")
 
 
-def _sparse_log_probs(student_logits, indices, values, topk_format):
+def _sparse_log_probs(student_logits, indices, values, topk_format, temperature):
     """Teacher and student over the top-k entries plus the tail bucket
     (:func:`kldiv.core.topk.sparse_log_probs`)."""
     from ..core import topk
@@ -47,7 +47,9 @@ def _sparse_log_probs(student_logits, indices, values, topk_format):
     def exclude(student, top):
         return student.at[jnp.arange(student.shape[0])[:, None], top].set(-jnp.inf)
 
-    return topk.sparse_log_probs(jnp, student_logits, indices, values, topk_format, exclude=exclude)
+    return topk.sparse_log_probs(
+        jnp, student_logits, indices, values, topk_format, exclude=exclude, temperature=temperature
+    )
 
 
 def _fused(
@@ -104,7 +106,7 @@ def _fused(
         chunk_formats = chunk_options
         if "indices" in chunk:
             teacher, student = _sparse_log_probs(
-                student, chunk["indices"], chunk["values"], teacher_topk_format
+                student, chunk["indices"], chunk["values"], teacher_topk_format, options.temperature
             )
             chunk_formats = dataclasses.replace(
                 chunk_options, y_true_format="log_probs", y_pred_format="log_probs", temperature=1.0

@@ -54,6 +54,7 @@ __all__ = [
     "FusedLinearKLDivergence",
     "chunked_js_divergence",
     "chunked_kl_divergence",
+    "topk_teacher",
 ]
 
 REDUCTIONS = ("auto", "token_mean", "mean", "sum_over_batch_size", "sum", "batchmean", "none")
@@ -258,3 +259,65 @@ def chunked_js_divergence(
 ) -> torch.Tensor:
     """:func:`chunked_kl_divergence` for ``JS_β``."""
     return _chunked(FusedLinearJSDivergence, teacher_logits, student_logits, keywords)
+
+
+def topk_teacher(
+    teacher_logits: torch.Tensor | None = None,
+    *,
+    k: int,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_weight: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    teacher_softcap: float | None = None,
+    teacher_logit_scale: float | None = None,
+    values_dtype: torch.dtype = torch.float32,
+    indices_dtype: torch.dtype = torch.int32,
+    chunk_size: int | None = None,
+    memory_budget: int = chunking.DEFAULT_MEMORY_BUDGET,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""A teacher's top-``k`` entries in the stored form of the sparse losses
+    (``teacher_topk_format="log_probs"``): ``(indices, log_probs)`` of shape ``[..., k]``.
+
+    ``log_probs = log_softmax(φ(z) / T)`` at the ``k`` largest entries of each row, where ``z`` are the
+    teacher's logits (given, or ``teacher_hidden @ teacher_weight.T + teacher_bias`` formed chunk by
+    chunk: no ``[BT, V]`` block), ``φ`` its logit map (``teacher_softcap``, ``teacher_logit_scale``) and
+    ``T`` the ``temperature`` of the loss that will read them (top-k log-probabilities cannot be
+    re-tempered later). Storage: ``k · (bytes(indices_dtype) + bytes(values_dtype))`` per token —
+    ``k = 128`` in int32 + bfloat16 is 768 bytes, against ``4·V`` (128 KB at ``V = 32000``) for float32
+    logits. Computed without gradients.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"Argument `k`: expected a positive integer; received {k!r}.")
+    if (teacher_logits is None) == (teacher_hidden is None or teacher_weight is None):
+        raise ValueError(
+            "Arguments `teacher_logits` / `teacher_hidden`, `teacher_weight`: expected exactly one teacher "
+            "form (logits, or hidden states with the head's weight)."
+        )
+    source = teacher_logits if teacher_logits is not None else teacher_hidden
+    vocab = source.shape[-1] if teacher_logits is not None else teacher_weight.shape[0]
+    if k > vocab:
+        raise ValueError(f"Argument `k`: expected at most the vocabulary size {vocab}; received {k}.")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"Argument `temperature`: expected a positive number; received {temperature!r}.")
+    lead = source.shape[:-1]
+    inputs = Inputs(
+        teacher_logits=None if teacher_logits is None else teacher_logits.reshape(-1, vocab),
+        teacher_hidden=None
+        if teacher_hidden is None
+        else teacher_hidden.reshape(-1, teacher_hidden.shape[-1]),
+        teacher_weight=teacher_weight,
+        teacher_bias=teacher_bias,
+    )
+    rows = inputs.teacher_logits.shape[0] if teacher_logits is not None else inputs.teacher_hidden.shape[0]
+    indices = torch.empty((rows, k), dtype=indices_dtype, device=source.device)
+    values = torch.empty((rows, k), dtype=values_dtype, device=source.device)
+    per_chunk = chunking.rows_per_chunk(
+        rows, vocab, memory_budget=memory_budget, chunk_size=chunk_size, bytes_per_element=4, temporaries=3
+    )
+    logit_map = LogitMap(teacher_logit_scale, teacher_softcap, name="teacher")
+    for chunk, logits in _torch_chunks.logits_in_chunks(inputs, per_chunk, logit_map):
+        wide = logits.float() if logits.element_size() < 4 else logits
+        top = torch.topk(torch.log_softmax(wide / temperature if temperature != 1.0 else wide, -1), k, dim=-1)
+        indices[chunk], values[chunk] = top.indices.to(indices_dtype), top.values.to(values_dtype)
+    return indices.reshape(*lead, k), values.reshape(*lead, k)
