@@ -11,6 +11,8 @@ _EXTRAS = {
     "tensorflow": ("TensorFlow", "tf"),
     "tf_keras": ("tf_keras", "tf"),
     "torch": ("PyTorch", "torch"),
+    "transformers": ("Hugging Face transformers", "transformers"),
+    "trl": ("TRL", "trl"),
 }
 
 

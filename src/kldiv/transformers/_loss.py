@@ -1,0 +1,198 @@
+r"""Distillation of a causal LM by another, through kldiv's fused-linear losses.
+
+The program :func:`distillation_loss` equals, written naively (``[B, T, V]`` logits of both models)::
+
+    labels = shift(batch["labels"])                         # as ForCausalLMLoss: position t predicts t + 1
+    keep = labels != -100
+    s = student(**batch).logits;  t = teacher(**batch).logits   # t under torch.no_grad()
+    kd = kldiv.kl_divergence(t, s, y_true_format="logits", from_logits=True, **options)[keep].sum()
+    ce = F.cross_entropy(s[keep], labels[keep], reduction="sum")
+    n = num_items_in_batch if given else keep.sum()
+    loss = ((1 - alpha) * kd + alpha * ce) / n
+
+but forms neither model's logits: both run to their last hidden states, the divergence is computed
+chunk by chunk from the hidden states and the heads (:class:`kldiv.fused.torch.FusedLinearKLDivergence`,
+the models' soft cap and logit scale inside), and the cross-entropy term, when ``alpha > 0``, chunk by
+chunk under activation checkpointing (one chunk's logits at a time, recomputed in backward).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .._extras import require
+from ..core import chunking
+from ..fused import _torch_chunks
+from ..fused.torch import FusedLinearJSDivergence, FusedLinearKLDivergence, topk_teacher
+from . import _models
+from ._models import IGNORE_INDEX, OutputHead
+
+torch = require("torch", "kldiv.transformers")
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..options import OptionArguments
+
+DIVERGENCES = {"kl": FusedLinearKLDivergence, "js": FusedLinearJSDivergence}
+TOPK_KEYS = ("teacher_topk_indices", "teacher_topk_values")
+"""Batch keys of a teacher stored as its top-k log-probabilities (``[B, T, k]``, one row per
+position of ``input_ids``, as the teacher's logits would be: see :func:`kldiv.fused.torch.topk_teacher`)."""
+
+
+def _number(name: str, value: Any, low: float, high: float | None = None) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
+    if not ok or (high is not None and value > high):
+        expected = f"a number in [{low}, {high}]" if high is not None else f"a number ≥ {low}"
+        raise ValueError(f"Argument `{name}`: expected {expected}; received {value!r}.")
+    return float(value)
+
+
+def _cross_entropy_sum(hidden: torch.Tensor, head: OutputHead, labels: torch.Tensor) -> torch.Tensor:
+    """``Σ CE(φ(hidden @ W.T + b), labels)`` over the kept tokens, one checkpointed chunk at a time."""
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_sum(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor):
+        logits = head.logit_map.apply(torch, torch.nn.functional.linear(h, weight, bias))
+        return torch.nn.functional.cross_entropy(
+            logits.float(), y, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+
+    rows, vocab = hidden.shape[0], head.vocab_size
+    per_chunk = chunking.rows_per_chunk(
+        rows, vocab, temporaries=chunking.AUTOGRAD_TEMPORARIES, minimum_rows=_torch_chunks.MATMUL_MIN_ROWS
+    )
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start, stop in chunking.chunks(rows, per_chunk):
+        total = total + checkpoint(
+            chunk_sum, hidden[start:stop], head.weight, head.bias, labels[start:stop], use_reentrant=False
+        )
+    return total
+
+
+def distillation_loss(
+    student: Any,
+    teacher: Any,
+    batch: Mapping[str, Any],
+    *,
+    divergence: str = "kl",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    alpha: float = 0.0,
+    num_items_in_batch: Any = None,
+    chunk_size: int | None = None,
+    verify: bool = True,
+    **options: Unpack[OptionArguments],
+) -> torch.Tensor:
+    r"""The distillation loss of a ``transformers`` causal LM ``student`` by ``teacher`` on ``batch``
+    (the program in the module docstring), without either model's ``[B, T, V]`` logits.
+
+    Args:
+        student: a causal LM (``LlamaForCausalLM``, ``Qwen2ForCausalLM``, ``Gemma2ForCausalLM``, ...):
+            its base model gives the last hidden states, ``get_output_embeddings()`` the head (tied
+            embeddings and a bias included), its config the soft cap / logit scale.
+        teacher: a causal LM with the same vocabulary size, run under ``torch.no_grad()``; or None
+            when ``batch`` holds the teacher's stored top-k (``teacher_topk_indices``,
+            ``teacher_topk_values``: log-probabilities at ``temperature``, ``[B, T, k]``).
+        batch: ``input_ids``, optionally ``attention_mask``, ``position_ids``, ``labels`` (``-100``
+            ignored; without them, ``input_ids`` with padding ignored) or ``shift_labels``.
+        divergence: ``"kl"`` (``direction=`` ``"forward"`` KL(teacher‖student), ``"reverse"``,
+            ``"symmetric"``) or ``"js"`` (``beta=``), as :class:`kldiv.KLDivergence` /
+            :class:`kldiv.JSDivergence`.
+        temperature: both models' logits are divided by it (``scale_by_temperature_squared=True``
+            multiplies the divergence by ``T²``).
+        top_k: compare on the teacher's top ``k`` entries plus a tail bucket
+            (:func:`kldiv.fused.torch.topk_teacher`; the tail keeps it a divergence, equal to the
+            dense one at ``k = V``).
+        alpha: weight of the student's cross-entropy with the labels: ``(1 − α)·KD + α·CE``.
+        num_items_in_batch: the number of kept tokens over the whole step (``Trainer`` passes it):
+            both terms are sums divided by it, so gradient accumulation is exact; default: this
+            batch's kept tokens. A batch with no kept token gives 0.
+        chunk_size: tokens per chunk (default from kldiv's memory budget).
+        verify: check once per model that its own logits equal ``φ(hidden @ W.T + b)`` on two tokens.
+        **options: kldiv's options (``direction``, ``beta``, ``epsilon``, ``scale_by_temperature_squared``,
+            ``backend``, ...); both inputs are logits.
+
+    Returns:
+        A float32 scalar with the student's gradients.
+    """
+    if divergence not in DIVERGENCES:
+        raise ValueError(
+            f"Argument `divergence`: expected one of {tuple(DIVERGENCES)}; received {divergence!r}."
+        )
+    alpha = _number("alpha", alpha, 0.0, 1.0)
+    temperature = _number("temperature", temperature, 0.0)
+    if temperature == 0:
+        raise ValueError("Argument `temperature`: expected a positive number; received 0.")
+    if not isinstance(batch, Mapping) or ("input_ids" not in batch and "inputs_embeds" not in batch):
+        raise TypeError("Argument `batch`: expected a mapping with `input_ids` (a tokenized batch).")
+    student_head = _models.output_head(student, "student")
+    labels = _models.shifted_labels(batch).reshape(-1)
+    keep = labels != IGNORE_INDEX
+    if verify:
+        _models.verify_head(student, student_head, batch, "student")
+    hidden = _models.last_hidden_states(student, batch)
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    teacher_arguments = _teacher(teacher, batch, student_head, temperature, top_k, chunk_size, verify)
+    if hidden.element_size() < 4:  # a float16 / bfloat16 student: the sum is returned in float32
+        options.setdefault("dtype", "float32")
+
+    loss_type = DIVERGENCES[divergence]
+    loss = loss_type(
+        reduction="sum",
+        chunk_size=chunk_size,
+        temperature=temperature,
+        student_softcap=student_head.logit_map.softcap,
+        student_logit_scale=student_head.logit_map.scale,
+        **teacher_arguments.pop("maps"),
+        **options,
+    )
+    total = loss(hidden, student_head.weight, student_head.bias, mask=keep, **teacher_arguments)
+    total = total.float() * (1.0 - alpha) if alpha else total.float()
+    if alpha:
+        total = total + alpha * _cross_entropy_sum(hidden, student_head, labels)
+    count = keep.sum() if num_items_in_batch is None else num_items_in_batch
+    if torch.is_tensor(count):
+        count = count.to(total.device)
+        return torch.where(count > 0, total / torch.clamp(count, min=1), torch.zeros_like(total))
+    return total / count if count > 0 else total * 0.0
+
+
+def _teacher(teacher, batch, student_head, temperature, top_k, chunk_size, verify) -> dict[str, Any]:
+    """The fused loss's teacher keywords (and ``"maps"``: the teacher's logit-map options)."""
+    stored = [batch.get(key) for key in TOPK_KEYS]
+    if teacher is None:
+        if any(value is None for value in stored):
+            raise ValueError(
+                "Argument `teacher`: None needs the batch to hold the teacher's stored top-k "
+                f"({', '.join(TOPK_KEYS)}); received keys {sorted(batch)}."
+            )
+        indices, values = stored
+        return {"teacher_topk_indices": indices, "teacher_topk_values": values, "maps": {}}
+    head = _models.output_head(teacher, "teacher")
+    if head.vocab_size != student_head.vocab_size:
+        raise ValueError(
+            f"Arguments `teacher` and `student`: expected equal vocabulary sizes (output heads); received "
+            f"teacher {head.vocab_size} and student {student_head.vocab_size}."
+        )
+    if verify:
+        _models.verify_head(teacher, head, batch, "teacher")
+    with torch.no_grad():
+        hidden = _models.last_hidden_states(teacher, batch)
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    weight, bias = head.weight.detach(), None if head.bias is None else head.bias.detach()
+    if top_k is not None:
+        indices, values = topk_teacher(
+            k=top_k,
+            teacher_hidden=hidden,
+            teacher_weight=weight,
+            teacher_bias=bias,
+            temperature=temperature,
+            teacher_softcap=head.logit_map.softcap,
+            teacher_logit_scale=head.logit_map.scale,
+            chunk_size=chunk_size,
+        )
+        return {"teacher_topk_indices": indices, "teacher_topk_values": values, "maps": {}}
+    maps = {"teacher_softcap": head.logit_map.softcap, "teacher_logit_scale": head.logit_map.scale}
+    return {"teacher_hidden": hidden, "teacher_weight": weight, "teacher_bias": bias, "maps": maps}
