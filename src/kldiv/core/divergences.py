@@ -168,16 +168,28 @@ class Distribution:
         return _where(self.xp, masked, 0.0, probs)
 
 
-def kl(xp: Namespace, a: Distribution, b: Distribution, axis: int) -> Array:
-    r""":math:`\mathrm{KL}(A \,\|\, B) = \sum_i a_i (\log a_i - \log b_i)` along ``axis``."""
+def _total(xp: Namespace, terms: Array, axis: int | None) -> Array:
+    """The divergence from its per-entry terms: their sum along ``axis``, or the terms (``axis=None``)."""
+    return terms if axis is None else xp.sum(terms, axis=axis)
+
+
+def kl(xp: Namespace, a: Distribution, b: Distribution, axis: int | None) -> Array:
+    r""":math:`\mathrm{KL}(A \,\|\, B) = \sum_i a_i (\log a_i - \log b_i)` along ``axis``
+    (``axis=None``: the terms)."""
     if a.epsilon > 0 and a.probs is not None and b.probs is not None:
         # The Keras program itself, operation for operation, so float32 results round alike.
-        return xp.sum(a.probs * xp.log(a.probs / b.probs), axis=axis)
+        return _total(xp, a.probs * xp.log(a.probs / b.probs), axis)
     zero = a.zeros()
-    return xp.sum(grads.forward_term(a.prob(zero), a.log(zero), b.log(zero)), axis=axis)
+    return _total(xp, grads.forward_term(a.prob(zero), a.log(zero), b.log(zero)), axis)
 
 
-def js(xp: Namespace, a: Distribution, b: Distribution, beta: float, axis: int) -> Array:
+def entropy(xp: Namespace, a: Distribution, axis: int | None) -> Array:
+    r""":math:`H(A) = -\sum_i a_i \log a_i` along ``axis`` (``0 \log 0 = 0``; ``axis=None``: the terms)."""
+    zero = a.zeros()
+    return _total(xp, -(a.prob(zero) * a.log(zero)), axis)
+
+
+def js(xp: Namespace, a: Distribution, b: Distribution, beta: float, axis: int | None) -> Array:
     r""":math:`\beta\,\mathrm{KL}(A\|M) + (1-\beta)\,\mathrm{KL}(B\|M)`, :math:`M = \beta A + (1-\beta) B`.
 
     ``log M`` is :func:`kldiv.core.grads.js_log_mixture` (a ``logaddexp`` of the two log-probabilities,
@@ -189,12 +201,12 @@ def js(xp: Namespace, a: Distribution, b: Distribution, beta: float, axis: int) 
         # to both inputs' autograd graphs with a zero gradient.
         log_a, log_b = a.log(a.zeros()), b.log(b.zeros())
         zero = xp.where(xp.isnan(log_a), log_a, xp.zeros_like(log_a))
-        return xp.sum(zero + xp.where(xp.isnan(log_b), log_b, xp.zeros_like(log_b)), axis=axis)
+        return _total(xp, zero + xp.where(xp.isnan(log_b), log_b, xp.zeros_like(log_b)), axis)
     zero_a, zero_b = a.zeros(), b.zeros()
     log_a, log_b = a.log(zero_a), b.log(zero_b)
     formulas = grads.array_formulas(xp, log_a, log_b)
     log_m = formulas.js_log_mixture(log_a, log_b, zero_a, zero_b, math.log(beta), math.log1p(-beta))
-    return xp.sum(formulas.js_term(a.prob(zero_a), b.prob(zero_b), log_a, log_b, log_m, beta), axis=axis)
+    return _total(xp, formulas.js_term(a.prob(zero_a), b.prob(zero_b), log_a, log_b, log_m, beta), axis)
 
 
 def divergence(
@@ -209,8 +221,10 @@ def divergence(
     direction: str = "forward",
     beta: float | None = None,
     temperature: float = 1.0,
+    elementwise: bool = False,
 ) -> Array:
-    """Per-sample divergence of ``y_true`` (P) and ``y_pred`` (Q) along ``axis``.
+    """Per-sample divergence of ``y_true`` (P) and ``y_pred`` (Q) along ``axis``
+    (``elementwise=True``: the per-entry terms whose sum along ``axis`` it is, in the inputs' shape).
 
     ``beta=None`` selects a KL divergence by ``direction`` (``"forward"`` KL(P‖Q), ``"reverse"``
     KL(Q‖P), ``"symmetric"`` their sum); a ``beta`` in ``[0, 1]`` selects ``JS_β(P, Q)``. Inputs must
@@ -222,10 +236,11 @@ def divergence(
         y_true, y_pred = xp.broadcast_arrays(y_true, y_pred)
     p = Distribution(xp, y_true, true_format, axis=axis, epsilon=epsilon, temperature=temperature)
     q = Distribution(xp, y_pred, pred_format, axis=axis, epsilon=epsilon, temperature=temperature)
+    total = None if elementwise else axis
     if beta is not None:
-        return js(xp, p, q, beta, axis)
+        return js(xp, p, q, beta, total)
     if direction == "forward":
-        return kl(xp, p, q, axis)
+        return kl(xp, p, q, total)
     if direction == "reverse":
-        return kl(xp, q, p, axis)
-    return kl(xp, p, q, axis) + kl(xp, q, p, axis)
+        return kl(xp, q, p, total)
+    return kl(xp, p, q, total) + kl(xp, q, p, total)

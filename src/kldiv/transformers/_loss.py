@@ -22,11 +22,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._extras import require
-from ..core import chunking
-from ..fused import _torch_chunks
+from ..fused._torch_ce import cross_entropy_sum
 from ..fused.torch import FusedLinearJSDivergence, FusedLinearKLDivergence, topk_teacher
 from . import _models
-from ._models import IGNORE_INDEX, OutputHead
+from ._models import IGNORE_INDEX
 
 torch = require("torch", "kldiv.transformers")
 
@@ -47,28 +46,6 @@ def _number(name: str, value: Any, low: float, high: float | None = None) -> flo
         expected = f"a number in [{low}, {high}]" if high is not None else f"a number ≥ {low}"
         raise ValueError(f"Argument `{name}`: expected {expected}; received {value!r}.")
     return float(value)
-
-
-def _cross_entropy_sum(hidden: torch.Tensor, head: OutputHead, labels: torch.Tensor) -> torch.Tensor:
-    """``Σ CE(φ(hidden @ W.T + b), labels)`` over the kept tokens, one checkpointed chunk at a time."""
-    from torch.utils.checkpoint import checkpoint
-
-    def chunk_sum(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor):
-        logits = head.logit_map.apply(torch, torch.nn.functional.linear(h, weight, bias))
-        return torch.nn.functional.cross_entropy(
-            logits.float(), y, ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-
-    rows, vocab = hidden.shape[0], head.vocab_size
-    per_chunk = chunking.rows_per_chunk(
-        rows, vocab, temporaries=chunking.AUTOGRAD_TEMPORARIES, minimum_rows=_torch_chunks.MATMUL_MIN_ROWS
-    )
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start, stop in chunking.chunks(rows, per_chunk):
-        total = total + checkpoint(
-            chunk_sum, hidden[start:stop], head.weight, head.bias, labels[start:stop], use_reentrant=False
-        )
-    return total
 
 
 def distillation_loss(
@@ -151,7 +128,9 @@ def distillation_loss(
     total = loss(hidden, student_head.weight, student_head.bias, mask=keep, **teacher_arguments)
     total = total.float() * (1.0 - alpha) if alpha else total.float()
     if alpha:
-        total = total + alpha * _cross_entropy_sum(hidden, student_head, labels)
+        total = total + alpha * cross_entropy_sum(
+            hidden, student_head.weight, student_head.bias, labels, logit_map=student_head.logit_map
+        )
     count = keep.sum() if num_items_in_batch is None else num_items_in_batch
     if torch.is_tensor(count):
         count = count.to(total.device)

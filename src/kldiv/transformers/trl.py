@@ -20,18 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 from .._extras import require
+from ..compat import divergence_for_beta
 from ._loss import distillation_loss
 
 gkd = require("trl.experimental.gkd", "kldiv.transformers.GKDTrainer")
-
-
-def gkd_divergence(beta: float) -> dict[str, Any]:
-    """kldiv's divergence and options for TRL's ``beta`` (its endpoint meaning included)."""
-    if beta == 0:
-        return {"divergence": "kl", "direction": "forward"}
-    if beta == 1:
-        return {"divergence": "kl", "direction": "reverse"}
-    return {"divergence": "js", "beta": float(beta)}
 
 
 class GKDTrainer(gkd.GKDTrainer):
@@ -47,6 +39,6 @@ class GKDTrainer(gkd.GKDTrainer):
             self.teacher_model,
             {key: inputs[key] for key in ("input_ids", "attention_mask", "labels") if key in inputs},
             num_items_in_batch=num_items_in_batch,
-            **gkd_divergence(self.beta),
+            **divergence_for_beta(self.beta),
         )
         return (loss, {}) if return_outputs else loss
