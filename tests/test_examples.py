@@ -19,6 +19,7 @@ RUNS = [
     ("keras_fit.py", "--backend", "torch"),
     ("torch_distillation.py",),
     ("jax_optax_train_step.py",),
+    ("distill_lm.py", "--tiny"),
 ]
 
 
