@@ -1,10 +1,10 @@
 """Distil a small causal LM from a larger one, with kldiv's fused path and with the naive one.
 
 Both models are ``transformers`` Llama models built from configs (nothing is downloaded). The corpus is
-generated: sentences of a random Markov chain whose successors are drawn from a few likely tokens per
-word, so the best achievable perplexity is known (the chain's entropy rate). The teacher is trained
-on it first with its own cross-entropy; then a smaller student is distilled from it twice, from the
-same initial weights and batches:
+generated: sentences of a random Markov chain over a few hundred of the vocabulary's ids, each with a
+few likely successors, so the best achievable perplexity is known (the chain's entropy rate). The
+teacher is trained on it first with its own cross-entropy; then a smaller student is distilled from
+it twice, from the same initial weights and batches:
 
 * ``naive``: both models' ``[B, T, V]`` logits, shifted, ``T²·KL(teacher‖student)`` by ``F.kl_div`` plus
   ``α·CE`` — the program users write;
@@ -15,7 +15,7 @@ It prints the time per step, the peak memory of the steps (resident memory above
 them, Linux) and the perplexity of the teacher and of both students on held-out text, and checks that
 the two students agree.
 
-    python examples/distill_lm.py            # V = 32000: about 5 minutes on 2 cores
+    python examples/distill_lm.py            # V = 32000: about 6 minutes on 2 cores
     python examples/distill_lm.py --tiny     # seconds (CI)
 """
 
@@ -37,16 +37,18 @@ from kldiv.transformers import distillation_loss
 SIZES = {
     "full": {
         "vocab": 32000,
+        "active": 512,
         "teacher_hidden": 256,
         "student_hidden": 128,
         "seq": 128,
         "batch": 8,
-        "teacher_steps": 300,
+        "teacher_steps": 200,
         "steps": 40,
         "layers": 2,
     },
     "tiny": {
         "vocab": 512,
+        "active": 64,
         "teacher_hidden": 64,
         "student_hidden": 32,
         "seq": 32,
@@ -60,27 +62,33 @@ TEMPERATURE, ALPHA, FANOUT = 2.0, 0.5, 4
 
 
 class MarkovCorpus:
-    """Token ``x_{t+1}`` drawn from ``FANOUT`` successors of ``x_t`` with Dirichlet(0.5) weights."""
+    """Token ``x_{t+1}`` drawn from ``FANOUT`` successors of ``x_t`` with Dirichlet(0.5) weights; the
+    text uses ``active`` of the ``vocab`` token ids (as real text uses few of a large vocabulary's)."""
 
-    def __init__(self, vocab: int, seed: int = 0) -> None:
+    def __init__(self, vocab: int, active: int, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
-        self.successors = rng.integers(0, vocab, size=(vocab, FANOUT))
-        self.weights = rng.dirichlet([0.5] * FANOUT, size=vocab)
-        self.vocab, self.rng = vocab, rng
+        self.tokens = rng.choice(vocab, size=active, replace=False)
+        self.successors = rng.integers(0, active, size=(active, FANOUT))  # positions in self.tokens
+        self.weights = rng.dirichlet([0.5] * FANOUT, size=active)
+        self.active, self.rng = active, rng
 
     def entropy_rate(self) -> float:
         """Nats per token of the chain under its stationary distribution (estimated from a long walk)."""
-        walk = self.sample(1, 20000)[0]
+        walk = self._walk(1, 20000)[0]
         p = self.weights[walk]
         return float(np.mean(-(p * np.log(np.clip(p, 1e-300, None))).sum(-1)))
 
-    def sample(self, rows: int, length: int) -> np.ndarray:
+    def _walk(self, rows: int, length: int) -> np.ndarray:
         out = np.empty((rows, length), dtype=np.int64)
-        out[:, 0] = self.rng.integers(0, self.vocab, rows)
+        out[:, 0] = self.rng.integers(0, self.active, rows)
         for t in range(1, length):
             choice = (self.rng.random(rows)[:, None] > np.cumsum(self.weights[out[:, t - 1]], -1)).sum(-1)
             out[:, t] = self.successors[out[:, t - 1], np.minimum(choice, FANOUT - 1)]
         return out
+
+    def sample(self, rows: int, length: int) -> np.ndarray:
+        """``[rows, length]`` token ids."""
+        return self.tokens[self._walk(rows, length)]
 
 
 def llama(vocab: int, hidden: int, layers: int, seq: int, seed: int) -> torch.nn.Module:
@@ -165,7 +173,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the CI size (seconds)")
     sizes = SIZES["tiny" if parser.parse_args().tiny else "full"]
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    corpus = MarkovCorpus(sizes["vocab"])
+    corpus = MarkovCorpus(sizes["vocab"], sizes["active"])
     floor = math.exp(corpus.entropy_rate())
     teacher_data = batches(corpus, sizes["teacher_steps"], sizes["batch"], sizes["seq"])
     train = batches(corpus, sizes["steps"] + 1, sizes["batch"], sizes["seq"])

@@ -20,6 +20,7 @@ RUNS = [
     ("torch_distillation.py",),
     ("jax_optax_train_step.py",),
     ("distill_lm.py", "--tiny"),
+    ("lightning_distill.py",),
 ]
 
 
