@@ -95,6 +95,13 @@ class ChunkingArguments(TypedDict, total=False):
     teacher_topk_format: str
 
 
+class VocabArguments(TypedDict, total=False):
+    """``vocab_alignment``: ``None``, ``"truncate_teacher"`` or ``"pad_student"`` for a dense teacher with
+    more vocabulary entries than the student (PyTorch chunked and fused-linear losses)."""
+
+    vocab_alignment: str | None
+
+
 class LogitMapArguments(TypedDict, total=False):
     """What the model does to its logits after the projection (:mod:`kldiv.core.logit_maps`), per side,
     for the PyTorch chunked and fused-linear losses.
@@ -110,7 +117,9 @@ class LogitMapArguments(TypedDict, total=False):
     teacher_logit_scale: float | None
 
 
-class ChunkedArguments(OptionArguments, TokenArguments, ChunkingArguments, LogitMapArguments, total=False):
+class ChunkedArguments(
+    OptionArguments, TokenArguments, ChunkingArguments, LogitMapArguments, VocabArguments, total=False
+):
     """``kldiv.fused.torch.chunked_kl_divergence``: options, chunking, per-token weighting and a
     ``reduction``."""
 

@@ -249,3 +249,30 @@ def test_empty_batch_gives_zero():
     value = distillation_loss(student, teacher, data, alpha=0.5)
     assert float(value) == 0.0
     assert all(torch.equal(g, torch.zeros_like(g)) for g in grads(student, value))
+
+
+def test_a_padded_teacher_vocabulary_is_aligned_on_request():
+    """A teacher with 8 more vocabulary entries (a padded head): ``vocab_alignment="truncate_teacher"``
+    equals the naive path on the teacher's first V logits (dense and top-k with k = V)."""
+    student = tiny("llama", 0)
+    config, model_type = _config("llama")
+    config.vocab_size = VOCAB + 8
+    torch.manual_seed(1)
+    teacher = model_type(config).eval()
+    data = batch(5)
+    value = distillation_loss(student, teacher, data, vocab_alignment="truncate_teacher", temperature=1.5)
+    inputs = {k: data[k] for k in ("input_ids", "attention_mask")}
+    s = student(**inputs).logits[:, :-1]
+    with torch.no_grad():
+        t = teacher(**inputs).logits[:, :-1, :VOCAB]
+    keep = data["labels"][:, 1:] != -100
+    expected = trl_generalized_jsd(s / 1.5, t / 1.5, 0).sum(-1)[keep].sum() / keep.sum()
+    assert_close(value, expected)
+    for got, want in zip(grads(student, value), grads(student, expected), strict=True):
+        assert_close(got, want)
+    top = distillation_loss(
+        student, teacher, data, vocab_alignment="truncate_teacher", temperature=1.5, top_k=VOCAB
+    )
+    assert_close(top, expected)
+    with pytest.raises(ValueError, match="'truncate_teacher' with `top_k`"):
+        distillation_loss(student, teacher, data, vocab_alignment="pad_student", top_k=8)

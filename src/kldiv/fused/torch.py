@@ -31,6 +31,7 @@ the same k entries, the convention of top-k distillation in the literature).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from kldiv._extras import require
@@ -59,6 +60,8 @@ __all__ = [
 
 REDUCTIONS = ("auto", "token_mean", "mean", "sum_over_batch_size", "sum", "batchmean", "none")
 TOPK_FORMATS = ("log_probs", "logits")
+VOCAB_ALIGNMENTS = (None, "truncate_teacher", "pad_student")
+"""How a teacher with more vocabulary entries than the student is aligned to it (None: it is an error)."""
 _CHUNKING = (
     "chunk_size",
     "memory_budget",
@@ -67,6 +70,7 @@ _CHUNKING = (
     "teacher_softcap",
     "student_logit_scale",
     "teacher_logit_scale",
+    "vocab_alignment",
 )
 _FIXED = {
     "y_true_format": "logits",
@@ -92,9 +96,15 @@ class _Divergence(torch.nn.Module):
         teacher_softcap: float | None = None,
         student_logit_scale: float | None = None,
         teacher_logit_scale: float | None = None,
+        vocab_alignment: str | None = None,
         **options: Unpack[OptionArguments],
     ) -> None:
         super().__init__()
+        if vocab_alignment not in VOCAB_ALIGNMENTS:
+            raise ValueError(
+                f"Argument `vocab_alignment`: expected one of {VOCAB_ALIGNMENTS}; "
+                f"received {vocab_alignment!r}."
+            )
         if reduction not in REDUCTIONS:
             raise ValueError(f"Argument `reduction`: expected one of {REDUCTIONS}; received {reduction!r}.")
         if teacher_topk_format not in TOPK_FORMATS:
@@ -111,6 +121,7 @@ class _Divergence(torch.nn.Module):
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
         self.teacher_topk_format = teacher_topk_format
+        self.vocab_alignment = vocab_alignment
         self.student_map = LogitMap(student_logit_scale, student_softcap, name="student")
         self.teacher_map = LogitMap(teacher_logit_scale, teacher_softcap, name="teacher")
         self.student_softcap, self.teacher_softcap = self.student_map.softcap, self.teacher_map.softcap
@@ -166,6 +177,12 @@ class FusedLinearKLDivergence(_Divergence):
             ``z → c·tanh(s·z / c)``, applied to each chunk before the temperature, with the gradient
             through it (Gemma's ``final_logit_softcapping``, Cohere's ``logit_scale``). A sparse
             teacher's values are taken as they are (store them after the model's own map).
+        vocab_alignment: a dense teacher with ``V_t > V`` entries (a padded vocabulary, extra tokens):
+            ``None`` (default) raises a ``ValueError`` naming both sizes; ``"truncate_teacher"`` drops
+            the teacher's entries ``≥ V`` (its distribution renormalised over the student's ids);
+            ``"pad_student"`` gives the student logit ``−inf`` (probability 0, no gradient) at ids
+            ``≥ V``, so teacher mass there makes the forward KL ``+inf``. Padded slots never receive
+            probability or gradient.
 
     Call ``loss(student_hidden, student_weight, student_bias=None, *, teacher_logits=... |
     teacher_hidden=..., teacher_weight=..., teacher_bias=... | teacher_topk_indices=...,
@@ -202,14 +219,21 @@ class FusedLinearKLDivergence(_Divergence):
                 f"Argument `student_weight`: expected shape [V, {hidden.shape[-1]}] to match the hidden "
                 f"size; received {tuple(student_weight.shape)}."
             )
+        if form == "teacher_logits":
+            teacher_logits = teacher_logits.reshape(rows, -1)
+            teacher_vocab = teacher_logits.shape[-1]
+        elif form == "teacher_hidden":
+            teacher_vocab = teacher_weight.shape[0]
+        if form != "teacher_topk_indices" and teacher_vocab != vocab:
+            aligned = self._align(student_weight, student_bias, teacher_vocab, form)
+            student_weight, student_bias, vocab = aligned
+            if self.vocab_alignment == "truncate_teacher":
+                teacher_logits = None if teacher_logits is None else teacher_logits[:, :vocab]
+                teacher_weight = None if teacher_weight is None else teacher_weight[:vocab]
+                teacher_bias = None if teacher_bias is None else teacher_bias[:vocab]
         inputs = Inputs(student_hidden=hidden, student_weight=student_weight, student_bias=student_bias)
         if form == "teacher_logits":
-            inputs.teacher_logits = teacher_logits.reshape(rows, -1)
-            if inputs.teacher_logits.shape[-1] != vocab:
-                raise ValueError(
-                    f"Argument `teacher_logits`: expected shape [{rows}, {vocab}]; received "
-                    f"{tuple(teacher_logits.shape)}."
-                )
+            inputs.teacher_logits = teacher_logits
         elif form == "teacher_hidden":
             inputs.teacher_hidden = teacher_hidden.reshape(rows, -1)
             inputs.teacher_weight, inputs.teacher_bias = teacher_weight, teacher_bias
@@ -217,6 +241,32 @@ class FusedLinearKLDivergence(_Divergence):
             inputs.topk_indices = teacher_topk_indices.reshape(rows, -1)
             inputs.topk_values = teacher_topk_values.reshape(rows, -1)
         return self._loss(inputs, tokens, batch_size)
+
+    def _align(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, teacher_vocab: int, form: str
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """The student's head for a teacher of ``teacher_vocab`` entries (see ``vocab_alignment``)."""
+        vocab = weight.shape[0]
+        if self.vocab_alignment is None or teacher_vocab < vocab:
+            hint = (
+                ""
+                if teacher_vocab < vocab
+                else " (or pass vocab_alignment='truncate_teacher' / 'pad_student')"
+            )
+            name = "teacher_weight" if form == "teacher_hidden" else "teacher_logits"
+            raise ValueError(
+                f"Argument `{name}`: expected the student's vocabulary size {vocab}; received a teacher of "
+                f"{teacher_vocab} entries{hint}."
+            )
+        if self.vocab_alignment == "truncate_teacher":
+            return weight, bias, vocab
+        # pad_student: rows of zeros with bias −inf give logits exactly −inf; autograd through the
+        # concatenation hands the real rows their gradient and drops the padded ones'.
+        pad = teacher_vocab - vocab
+        weight = torch.cat([weight, weight.new_zeros(pad, weight.shape[1])])
+        base = bias if bias is not None else weight.new_zeros(vocab)
+        bias = torch.cat([base, base.new_full((pad,), -math.inf)])
+        return weight, bias, teacher_vocab
 
 
 class FusedLinearJSDivergence(FusedLinearKLDivergence):
@@ -232,11 +282,19 @@ def _chunked(
     tokens, construction = split(keywords, TokenArguments)
     module = module_type(**construction)
     batch_size = student_logits.shape[0]
+    vocab, teacher_vocab = student_logits.shape[-1], teacher_logits.shape[-1]
+    same_rows = tuple(teacher_logits.shape[:-1]) == tuple(student_logits.shape[:-1])
+    if same_rows and teacher_vocab > vocab and module.vocab_alignment == "truncate_teacher":
+        teacher_logits = teacher_logits[..., :vocab]
+    elif same_rows and teacher_vocab > vocab and module.vocab_alignment == "pad_student":
+        # A copy of the student's logits with −inf columns: probability 0 there, and no gradient.
+        student_logits = torch.nn.functional.pad(student_logits, (0, teacher_vocab - vocab), value=-math.inf)
     logits = student_logits.reshape(-1, student_logits.shape[-1])
     rows, vocab = logits.shape
     if tuple(teacher_logits.shape) != tuple(student_logits.shape):
+        hint = " (vocab_alignment= aligns a larger teacher vocabulary)" if same_rows else ""
         raise ValueError(
-            f"Arguments `teacher_logits` and `student_logits`: expected equal shapes; received "
+            f"Arguments `teacher_logits` and `student_logits`: expected equal shapes{hint}; received "
             f"{tuple(teacher_logits.shape)} and {tuple(student_logits.shape)}."
         )
     inputs = Inputs(student_logits=logits, teacher_logits=teacher_logits.reshape(rows, vocab))

@@ -69,7 +69,9 @@ def distillation_loss(
         student: a causal LM (``LlamaForCausalLM``, ``Qwen2ForCausalLM``, ``Gemma2ForCausalLM``, ...):
             its base model gives the last hidden states, ``get_output_embeddings()`` the head (tied
             embeddings and a bias included), its config the soft cap / logit scale.
-        teacher: a causal LM with the same vocabulary size, run under ``torch.no_grad()``; or None
+        teacher: a causal LM with the same vocabulary size (a larger one with the option
+            ``vocab_alignment=``, as :class:`kldiv.fused.torch.FusedLinearKLDivergence`), run under
+            ``torch.no_grad()``; or None
             when ``batch`` holds the teacher's stored top-k (``teacher_topk_indices``,
             ``teacher_topk_values``: log-probabilities at ``temperature``, ``[B, T, k]``).
         batch: ``input_ids``, optionally ``attention_mask``, ``position_ids``, ``labels`` (``-100``
@@ -111,7 +113,10 @@ def distillation_loss(
         _models.verify_head(student, student_head, batch, "student")
     hidden = _models.last_hidden_states(student, batch)
     hidden = hidden.reshape(-1, hidden.shape[-1])
-    teacher_arguments = _teacher(teacher, batch, student_head, temperature, top_k, chunk_size, verify)
+    alignment = options.get("vocab_alignment")
+    teacher_arguments = _teacher(
+        teacher, batch, student_head, temperature, top_k, chunk_size, verify, alignment
+    )
     if hidden.element_size() < 4:  # a float16 / bfloat16 student: the sum is returned in float32
         options.setdefault("dtype", "float32")
 
@@ -138,7 +143,9 @@ def distillation_loss(
     return total / count if count > 0 else total * 0.0
 
 
-def _teacher(teacher, batch, student_head, temperature, top_k, chunk_size, verify) -> dict[str, Any]:
+def _teacher(
+    teacher, batch, student_head, temperature, top_k, chunk_size, verify, alignment
+) -> dict[str, Any]:
     """The fused loss's teacher keywords (and ``"maps"``: the teacher's logit-map options)."""
     stored = [batch.get(key) for key in TOPK_KEYS]
     if teacher is None:
@@ -150,10 +157,18 @@ def _teacher(teacher, batch, student_head, temperature, top_k, chunk_size, verif
         indices, values = stored
         return {"teacher_topk_indices": indices, "teacher_topk_values": values, "maps": {}}
     head = _models.output_head(teacher, "teacher")
-    if head.vocab_size != student_head.vocab_size:
+    vocab = student_head.vocab_size
+    larger = head.vocab_size > vocab
+    if head.vocab_size != vocab and not (larger and alignment in ("truncate_teacher", "pad_student")):
         raise ValueError(
             f"Arguments `teacher` and `student`: expected equal vocabulary sizes (output heads); received "
-            f"teacher {head.vocab_size} and student {student_head.vocab_size}."
+            f"teacher {head.vocab_size} and student {vocab} (a larger teacher vocabulary is aligned by "
+            "vocab_alignment='truncate_teacher' or 'pad_student')."
+        )
+    if larger and top_k is not None and alignment == "pad_student":
+        raise ValueError(
+            "Argument `vocab_alignment`: expected 'truncate_teacher' with `top_k` (the teacher's top entries "
+            "may lie outside the student's vocabulary); received 'pad_student'."
         )
     if verify:
         _models.verify_head(teacher, head, batch, "teacher")
@@ -161,6 +176,8 @@ def _teacher(teacher, batch, student_head, temperature, top_k, chunk_size, verif
         hidden = _models.last_hidden_states(teacher, batch)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     weight, bias = head.weight.detach(), None if head.bias is None else head.bias.detach()
+    if top_k is not None and larger:  # truncate_teacher: the top entries among the student's ids
+        weight, bias = weight[:vocab], None if bias is None else bias[:vocab]
     if top_k is not None:
         indices, values = topk_teacher(
             k=top_k,
