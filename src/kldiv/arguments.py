@@ -95,11 +95,17 @@ class ChunkingArguments(TypedDict, total=False):
     teacher_topk_format: str
 
 
-class VocabArguments(TypedDict, total=False):
-    """``vocab_alignment``: ``None``, ``"truncate_teacher"`` or ``"pad_student"`` for a dense teacher with
-    more vocabulary entries than the student (PyTorch chunked and fused-linear losses)."""
+class TorchFusedArguments(TypedDict, total=False):
+    """Settings of the PyTorch chunked and fused-linear losses only.
+
+    Keys:
+        vocab_alignment: ``None``, ``"truncate_teacher"`` or ``"pad_student"`` for a dense teacher with
+            more vocabulary entries than the student.
+        return_stats: return ``(loss, stats)``, the per-token statistics of :mod:`kldiv.fused._torch_stats`.
+    """
 
     vocab_alignment: str | None
+    return_stats: bool
 
 
 class LogitMapArguments(TypedDict, total=False):
@@ -118,7 +124,7 @@ class LogitMapArguments(TypedDict, total=False):
 
 
 class ChunkedArguments(
-    OptionArguments, TokenArguments, ChunkingArguments, LogitMapArguments, VocabArguments, total=False
+    OptionArguments, TokenArguments, ChunkingArguments, LogitMapArguments, TorchFusedArguments, total=False
 ):
     """``kldiv.fused.torch.chunked_kl_divergence``: options, chunking, per-token weighting and a
     ``reduction``."""

@@ -135,9 +135,11 @@ def _run(
     coef: torch.Tensor,
     keep: torch.Tensor,
     want: dict[str, bool],
+    recorder: Any = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """All chunks: per-token values ``[BT]`` (0 where masked) and the requested gradients of
-    ``Σ coef · values`` w.r.t. the inputs named in ``want``."""
+    ``Σ coef · values`` w.r.t. the inputs named in ``want`` (and each chunk's statistics into
+    ``recorder``)."""
     rows = coef.shape[0]
     values = torch.zeros(rows, dtype=coef.dtype, device=coef.device)
     grads: dict[str, torch.Tensor] = {}
@@ -147,7 +149,7 @@ def _run(
             # are written by the first chunk's product (no zero fill, no read of zeros); biases add.
             new = torch.zeros if rows == 0 or name.endswith("_bias") else torch.empty
             grads[name] = new(tensor.shape, dtype=coef.dtype, device=tensor.device)
-    workspace = _Workspace(config, inputs, any(want.values()))
+    workspace = _Workspace(config, inputs, any(want.values()), recorder)
     for index, (start, stop) in enumerate(chunking.chunks(rows, config.rows_per_chunk)):
         chunk = slice(start, stop)
         _run_chunk(config, inputs, coef, keep, want, values, grads, chunk, workspace, first=index == 0)
@@ -159,7 +161,8 @@ class _Workspace:
     student's logits, which the kernels overwrite with their gradient, and the teacher's
     logits when they are formed from hidden states (given teacher logits are read in place)."""
 
-    def __init__(self, config: _Config, inputs: Inputs, want_grad: bool) -> None:
+    def __init__(self, config: _Config, inputs: Inputs, want_grad: bool, recorder: Any = None) -> None:
+        self.recorder = recorder  # a _torch_stats.Recorder when the caller asked for statistics
         self.student = self.teacher = None
         if config.kernel is None:
             return
@@ -237,6 +240,8 @@ def _chunk_by_numba(config, inputs, coef, keep, want, chunk, workspace):
     student, factor = _map_student(config, student, keep[chunk])
     teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype)
     teacher = config.teacher_map.apply(torch, teacher).contiguous()
+    if workspace.recorder is not None:
+        workspace.recorder.record(chunk, keep[chunk], student, teacher)
     want_grad = any(want.values())
     out = _gradient_buffer(inputs, student, factor, workspace) if want_grad else None
     values, grad = fused_rows(
@@ -262,6 +267,8 @@ def _chunk_by_triton(config, inputs, coef, keep, want, chunk, workspace):
     student, factor = _map_student(config, student, keep[chunk])
     teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype)
     teacher = config.teacher_map.apply(torch, teacher)
+    if workspace.recorder is not None:
+        workspace.recorder.record(chunk, keep[chunk], student, teacher)
     want_grad = any(want.values())
     out = _gradient_buffer(inputs, student, factor, workspace) if want_grad else None
     values, grad = fused_rows_triton(
@@ -300,6 +307,8 @@ def _chunk_by_autograd(config, inputs, coef, keep, want, chunk, workspace):
                 leaves["teacher"] = teacher
             teacher = config.teacher_map.apply(torch, _safe_rows(teacher, kept))
         mapped = config.student_map.apply(torch, _safe_rows(student, kept))
+        if workspace.recorder is not None:
+            workspace.recorder.record(chunk, kept, mapped, teacher, sparse, config.topk_format)
         per_token = _chunk_values(config, teacher, mapped, sparse)
         per_token = torch.where(kept, per_token, torch.zeros_like(per_token))
         if not any(want.values()):
@@ -347,12 +356,14 @@ _NAMES = tuple(Inputs.__dataclass_fields__)
 
 class _FusedFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, config, coef, keep, *tensors):
+    def forward(ctx, config, coef, keep, recorder, *tensors):
         inputs = Inputs(*tensors)
-        want = {n: bool(ctx.needs_input_grad[3 + i]) for i, n in enumerate(_NAMES)}
+        want = {n: bool(ctx.needs_input_grad[4 + i]) for i, n in enumerate(_NAMES)}
         ctx.config, ctx.inputs, ctx.coef, ctx.keep, ctx.want = config, inputs, coef, keep, want
         scalar = config.reduction != "none"
-        values, grads = _run(config, inputs, coef, keep, want if scalar else {})
+        values, grads = _run(config, inputs, coef, keep, want if scalar else {}, recorder)
+        if recorder is not None:
+            recorder.per_token = values
         ctx.grads = grads
         if not scalar:
             return values * coef  # per token: mask, weight and T² applied
@@ -378,7 +389,7 @@ class _FusedFunction(torch.autograd.Function):
         for name in _NAMES:
             tensor = getattr(inputs, name)
             out.append(grads[name].to(tensor.dtype) if name in grads else None)
-        return (None, None, None, *out)
+        return (None, None, None, None, *out)
 
 
 def _temporaries(kernel: str | None, inputs: Inputs, dtype: torch.dtype, maps: tuple[LogitMap, ...]) -> int:
@@ -421,12 +432,14 @@ def loss(
     topk_format: str,
     student_map: LogitMap = IDENTITY,
     teacher_map: LogitMap = IDENTITY,
+    recorder: Any = None,
 ) -> torch.Tensor:
     """The reduced (or, for ``"none"``, per-token) loss of ``inputs``, chunk by chunk, in the
     accumulation dtype (float64 for float64 inputs, else float32). ``tokens``: the call's
     ``labels``, ``mask``, ``sample_weight``, ``num_items`` (:class:`kldiv.arguments.TokenArguments`).
     ``student_map`` / ``teacher_map``: the logit maps applied to each chunk's logits (not to a
-    sparse teacher's values)."""
+    sparse teacher's values). ``recorder``: a :class:`kldiv.fused._torch_stats.Recorder` filled with
+    the per-token statistics (``recorder.per_token`` holds the per-token values afterwards)."""
     source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
     rows, dtype, device = source.shape[0], source.dtype, source.device
     logits = inputs.student_logits
@@ -454,4 +467,4 @@ def loss(
         student_map=student_map,
         teacher_map=teacher_map,
     )
-    return _FusedFunction.apply(config, coef, keep, *(getattr(inputs, n) for n in _NAMES))
+    return _FusedFunction.apply(config, coef, keep, recorder, *(getattr(inputs, n) for n in _NAMES))

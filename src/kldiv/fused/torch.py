@@ -71,6 +71,7 @@ _CHUNKING = (
     "student_logit_scale",
     "teacher_logit_scale",
     "vocab_alignment",
+    "return_stats",
 )
 _FIXED = {
     "y_true_format": "logits",
@@ -97,6 +98,7 @@ class _Divergence(torch.nn.Module):
         student_logit_scale: float | None = None,
         teacher_logit_scale: float | None = None,
         vocab_alignment: str | None = None,
+        return_stats: bool = False,
         **options: Unpack[OptionArguments],
     ) -> None:
         super().__init__()
@@ -122,6 +124,9 @@ class _Divergence(torch.nn.Module):
         self.memory_budget = memory_budget
         self.teacher_topk_format = teacher_topk_format
         self.vocab_alignment = vocab_alignment
+        if not isinstance(return_stats, bool):
+            raise TypeError(f"Argument `return_stats`: expected True or False; received {return_stats!r}.")
+        self.return_stats = return_stats
         self.student_map = LogitMap(student_logit_scale, student_softcap, name="student")
         self.teacher_map = LogitMap(teacher_logit_scale, teacher_softcap, name="teacher")
         self.student_softcap, self.teacher_softcap = self.student_map.softcap, self.teacher_map.softcap
@@ -139,8 +144,15 @@ class _Divergence(torch.nn.Module):
     def extra_repr(self) -> str:
         return changed(self.get_config(), type(self)().get_config())
 
-    def _loss(self, inputs: Inputs, tokens: TokenArguments, batch_size: int) -> torch.Tensor:
+    def _loss(self, inputs: Inputs, tokens: TokenArguments, batch_size: int, lead: tuple[int, ...]) -> Any:
         source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
+        recorder = None
+        if self.return_stats:
+            from ._torch_stats import Recorder
+
+            accumulate = torch.float64 if source.dtype == torch.float64 else torch.float32
+            sparse = inputs.topk_indices is not None
+            recorder = Recorder(source.shape[0], sparse, accumulate, source.device, self.options.temperature)
         value = _torch_chunks.loss(
             self.options,
             self.reduction,
@@ -152,9 +164,13 @@ class _Divergence(torch.nn.Module):
             topk_format=self.teacher_topk_format,
             student_map=self.student_map,
             teacher_map=self.teacher_map,
+            recorder=recorder,
         )
         dtype = getattr(torch, self.options.dtype) if self.options.dtype is not None else source.dtype
-        return value if value.dtype == dtype else value.to(dtype)
+        value = value if value.dtype == dtype else value.to(dtype)
+        if recorder is None:
+            return value
+        return value, recorder.result(recorder.per_token, lead)
 
 
 class FusedLinearKLDivergence(_Divergence):
@@ -183,6 +199,10 @@ class FusedLinearKLDivergence(_Divergence):
             ``"pad_student"`` gives the student logit ``−inf`` (probability 0, no gradient) at ids
             ``≥ V``, so teacher mass there makes the forward KL ``+inf``. Padded slots never receive
             probability or gradient.
+        return_stats: return ``(loss, stats)``: a dict of detached per-token ``[BT]`` (or ``[B, T]``)
+            tensors recorded in the same chunked pass (:mod:`kldiv.fused._torch_stats`): ``per_token``,
+            ``student_lse``, ``teacher_lse``, ``student_entropy``; with a sparse teacher
+            ``teacher_mass``, ``student_mass``, ``topk_overlap`` instead of ``teacher_lse``.
 
     Call ``loss(student_hidden, student_weight, student_bias=None, *, teacher_logits=... |
     teacher_hidden=..., teacher_weight=..., teacher_bias=... | teacher_topk_indices=...,
@@ -240,7 +260,7 @@ class FusedLinearKLDivergence(_Divergence):
         else:
             inputs.topk_indices = teacher_topk_indices.reshape(rows, -1)
             inputs.topk_values = teacher_topk_values.reshape(rows, -1)
-        return self._loss(inputs, tokens, batch_size)
+        return self._loss(inputs, tokens, batch_size, tuple(student_hidden.shape[:-1]))
 
     def _align(
         self, weight: torch.Tensor, bias: torch.Tensor | None, teacher_vocab: int, form: str
@@ -298,7 +318,7 @@ def _chunked(
             f"{tuple(teacher_logits.shape)} and {tuple(student_logits.shape)}."
         )
     inputs = Inputs(student_logits=logits, teacher_logits=teacher_logits.reshape(rows, vocab))
-    return module._loss(inputs, tokens, batch_size)
+    return module._loss(inputs, tokens, batch_size, tuple(student_logits.shape[:-1]))
 
 
 def chunked_kl_divergence(
