@@ -300,3 +300,21 @@ def test_sparse_logits_format_is_tempered_on_both_sides():
         reduction="sum", y_true_format="logits", from_logits=True, epsilon=0, temperature=1.8
     )(teacher_values, restricted)
     torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_sparse_tail_bucket_at_a_temperature_against_float64():
+    """k < V, T ≠ 1, log-prob values stored at T: the k + 1 outcome divergence of the teacher's
+    tempered distribution and the student's tempered one, written out by hand."""
+    t = tensors()
+    teacher_logits = torch.randn(BT, V, dtype=torch.float64) * 2
+    k, temperature = 6, 2.5
+    top = torch.topk(torch.log_softmax(teacher_logits / temperature, -1), k, dim=-1)
+    value = FusedLinearKLDivergence(reduction="sum", chunk_size=4, temperature=temperature)(
+        t["h"], t["w"], teacher_topk_indices=top.indices, teacher_topk_values=top.values
+    )
+    student = torch.log_softmax((t["h"] @ t["w"].T) / temperature, -1)
+    student_top = torch.gather(student, -1, top.indices)
+    p = torch.cat([top.values.exp(), 1 - top.values.exp().sum(-1, keepdim=True)], -1)
+    q = torch.cat([student_top.exp(), 1 - student_top.exp().sum(-1, keepdim=True)], -1)
+    expected = (p * (p.log() - q.log())).sum()
+    torch.testing.assert_close(value, expected, rtol=1e-9, atol=1e-12)

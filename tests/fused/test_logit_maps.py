@@ -191,3 +191,15 @@ def test_maps_are_in_the_config_and_repr():
     assert config["student_softcap"] == 30.0 and config["teacher_logit_scale"] == 0.25
     assert type(loss)(**config).get_config() == config
     assert "student_softcap=30.0" in repr(loss)
+
+
+def test_minus_infinity_stays_minus_infinity_with_zero_derivative():
+    """A masked / padded slot (−∞) keeps no probability through the cap (Unsloth #10616: a cap made such
+    slots finite) and passes no gradient, in both the autograd form and the derivative."""
+    z = torch.tensor([-math.inf, -50.0, 0.0, 3.0], dtype=torch.float64, requires_grad=True)
+    logit_map = LogitMap(1.5, 4.0)
+    mapped = logit_map.apply(torch, z)
+    assert mapped[0] == -math.inf and torch.isfinite(mapped[1:]).all()
+    (grad,) = torch.autograd.grad(mapped.sum(), z)
+    assert grad[0] == 0 and torch.isfinite(grad).all()
+    torch.testing.assert_close(logit_map.derivative(torch, mapped.detach()), grad, rtol=1e-12, atol=0)

@@ -120,3 +120,23 @@ def test_mismatch_without_alignment_names_both_sizes():
         )
     with pytest.raises(ValueError, match="`vocab_alignment`"):
         FusedLinearKLDivergence(vocab_alignment="pad")
+
+
+@pytest.mark.parametrize("backend", ["numba", "core"])
+def test_pad_student_with_a_soft_cap_keeps_the_padding_at_minus_inf(backend):
+    """The cap maps −∞ to −∞ (not −c): a padded slot gets no probability under a Gemma-style cap, so a
+    teacher without mass there gives the loss of the unpadded vocabulary."""
+    t = tensors(4)
+    leaves = [t[n].clone().requires_grad_() for n in ("h", "w", "b")]
+    loss = FusedLinearKLDivergence(
+        vocab_alignment="pad_student", student_softcap=2.0, chunk_size=4, backend=backend
+    )
+    value = loss(*leaves, teacher_logits=t["teacher"])
+    wide = [t[n].clone().requires_grad_() for n in ("h", "w", "b")]
+    capped = torch.tanh((wide[0] @ wide[1].T + wide[2]) / 2.0) * 2.0
+    expected = reference(kldiv.KLDivergence, {}, t["teacher"][:, :V], capped)
+    torch.testing.assert_close(value.detach(), expected.detach(), rtol=1e-11, atol=1e-12)
+    for got, want in zip(
+        torch.autograd.grad(value, leaves), torch.autograd.grad(expected, wide), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)

@@ -31,13 +31,20 @@ torch = require("torch", "kldiv.compat.torchtune")
 
 
 def _teacher_entropy_sum(teacher_logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``Σ H(softmax(teacher))`` over the kept rows, a memory budget's chunk of rows at a time."""
     import array_api_compat.torch as xp
 
+    from ..core import chunking
     from ..core.divergences import Distribution, entropy
 
-    wide = teacher_logits.to(torch.promote_types(teacher_logits.dtype, torch.float32))
-    per_token = entropy(xp, Distribution(xp, wide, "logits", axis=-1, epsilon=0.0, temperature=1.0), -1)
-    return torch.where(keep, per_token, torch.zeros_like(per_token)).sum()
+    rows, vocab = teacher_logits.shape
+    wide = torch.promote_types(teacher_logits.dtype, torch.float32)
+    total = teacher_logits.new_zeros((), dtype=wide)
+    for start, stop in chunking.chunks(rows, chunking.rows_per_chunk(rows, vocab)):
+        chunk = teacher_logits[start:stop].to(wide)
+        per_token = entropy(xp, Distribution(xp, chunk, "logits", axis=-1, epsilon=0.0, temperature=1.0), -1)
+        total = total + torch.where(keep[start:stop], per_token, torch.zeros_like(per_token)).sum()
+    return total
 
 
 class _KDLoss(torch.nn.Module):

@@ -9,7 +9,9 @@ r"""What a model does to its logits after the output projection: a scale and a s
 ``s`` is Cohere's ``logit_scale``, ``c`` Gemma's ``final_logit_softcapping`` (Gemma applies the cap
 to ``lm_head``'s output, Cohere multiplies it by the scale; a model with both would scale first).
 The derivative is written in terms of the output, so a pass that overwrites its logits with the
-output can still form the chain rule's factor. Functions of ``xp`` (any array namespace).
+output can still form the chain rule's factor. A logit of ``−∞`` (a masked or padded vocabulary slot:
+no probability) stays ``−∞`` through the cap, with derivative 0 — the cap would otherwise give the slot
+the logit ``−c`` and real probability. Functions of ``xp`` (any array namespace).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class LogitMap:
         if self.scale not in (None, 1.0):
             z = z * self.scale
         if self.softcap is not None:
-            z = xp.tanh(z / self.softcap) * self.softcap
+            z = xp.where(z == -math.inf, xp.full_like(z, -math.inf), xp.tanh(z / self.softcap) * self.softcap)
         return z
 
     def derivative(self, xp: Any, mapped: Array) -> Array | float:
@@ -71,7 +73,7 @@ class LogitMap:
         if self.softcap is None:
             return scale
         ratio = mapped / self.softcap
-        return (1.0 - ratio * ratio) * scale
+        return xp.where(mapped == -math.inf, 0.0, (1.0 - ratio * ratio) * scale)
 
 
 IDENTITY = LogitMap()

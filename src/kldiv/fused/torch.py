@@ -368,9 +368,18 @@ def topk_teacher(
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"Argument `k`: expected a positive integer; received {k!r}.")
     if (teacher_logits is None) == (teacher_hidden is None or teacher_weight is None):
+        given = [
+            n
+            for n, v in (
+                ("teacher_logits", teacher_logits),
+                ("teacher_hidden", teacher_hidden),
+                ("teacher_weight", teacher_weight),
+            )
+            if v is not None
+        ]
         raise ValueError(
             "Arguments `teacher_logits` / `teacher_hidden`, `teacher_weight`: expected exactly one teacher "
-            "form (logits, or hidden states with the head's weight)."
+            f"form (logits, or hidden states with the head's weight); received {given or 'none'}."
         )
     source = teacher_logits if teacher_logits is not None else teacher_hidden
     vocab = source.shape[-1] if teacher_logits is not None else teacher_weight.shape[0]

@@ -105,23 +105,50 @@ def distillation_loss(
     if temperature == 0:
         raise ValueError("Argument `temperature`: expected a positive number; received 0.")
     if not isinstance(batch, Mapping) or ("input_ids" not in batch and "inputs_embeds" not in batch):
-        raise TypeError("Argument `batch`: expected a mapping with `input_ids` (a tokenized batch).")
+        received = f"keys {sorted(batch)}" if isinstance(batch, Mapping) else type(batch).__name__
+        raise TypeError(
+            f"Argument `batch`: expected a mapping with `input_ids` (a tokenized batch); received {received}."
+        )
     student_head = _models.output_head(student, "student")
     labels = _models.shifted_labels(batch).reshape(-1)
     keep = labels != IGNORE_INDEX
     if verify:
         _models.verify_head(student, student_head, batch, "student")
-    hidden = _models.last_hidden_states(student, batch)
+    hidden = _models.last_hidden_states(student, batch, "student")
     hidden = hidden.reshape(-1, hidden.shape[-1])
+    if hidden.element_size() < 4:  # a float16 / bfloat16 student: the sum is returned in float32
+        options.setdefault("dtype", "float32")
+    if alpha < 1.0:
+        settings = (divergence, temperature, top_k, chunk_size, verify)
+        kd = _divergence_sum(student, teacher, batch, student_head, hidden, keep, settings, options)
+        total = (1.0 - alpha) * kd
+    else:  # the cross-entropy alone: the teacher is not run (0·KD would turn an infinite KD into NaN)
+        total = hidden.new_zeros((), dtype=torch.float32)
+    if alpha:
+        ce = cross_entropy_sum(
+            hidden,
+            student_head.weight,
+            student_head.bias,
+            labels,
+            logit_map=student_head.logit_map,
+            chunk_size=chunk_size,
+        )
+        total = total + alpha * ce
+    count = keep.sum() if num_items_in_batch is None else num_items_in_batch
+    if torch.is_tensor(count):
+        count = count.to(total.device)
+        return torch.where(count > 0, total / torch.clamp(count, min=1), torch.zeros_like(total))
+    return total / count if count > 0 else total * 0.0
+
+
+def _divergence_sum(student, teacher, batch, student_head, hidden, keep, settings, options) -> torch.Tensor:
+    """``Σ`` over the kept tokens of the divergence of the teacher and the student (float32)."""
+    divergence, temperature, top_k, chunk_size, verify = settings
     alignment = options.get("vocab_alignment")
     teacher_arguments = _teacher(
         teacher, batch, student_head, temperature, top_k, chunk_size, verify, alignment
     )
-    if hidden.element_size() < 4:  # a float16 / bfloat16 student: the sum is returned in float32
-        options.setdefault("dtype", "float32")
-
-    loss_type = DIVERGENCES[divergence]
-    loss = loss_type(
+    loss = DIVERGENCES[divergence](
         reduction="sum",
         chunk_size=chunk_size,
         temperature=temperature,
@@ -130,17 +157,7 @@ def distillation_loss(
         **teacher_arguments.pop("maps"),
         **options,
     )
-    total = loss(hidden, student_head.weight, student_head.bias, mask=keep, **teacher_arguments)
-    total = total.float() * (1.0 - alpha) if alpha else total.float()
-    if alpha:
-        total = total + alpha * cross_entropy_sum(
-            hidden, student_head.weight, student_head.bias, labels, logit_map=student_head.logit_map
-        )
-    count = keep.sum() if num_items_in_batch is None else num_items_in_batch
-    if torch.is_tensor(count):
-        count = count.to(total.device)
-        return torch.where(count > 0, total / torch.clamp(count, min=1), torch.zeros_like(total))
-    return total / count if count > 0 else total * 0.0
+    return loss(hidden, student_head.weight, student_head.bias, mask=keep, **teacher_arguments).float()
 
 
 def _teacher(
@@ -173,7 +190,7 @@ def _teacher(
     if verify:
         _models.verify_head(teacher, head, batch, "teacher")
     with torch.no_grad():
-        hidden = _models.last_hidden_states(teacher, batch)
+        hidden = _models.last_hidden_states(teacher, batch, "teacher")
     hidden = hidden.reshape(-1, hidden.shape[-1])
     weight, bias = head.weight.detach(), None if head.bias is None else head.bias.detach()
     if top_k is not None and larger:  # truncate_teacher: the top entries among the student's ids

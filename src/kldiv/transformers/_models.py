@@ -50,6 +50,13 @@ def _text_config(model: Any) -> Any:
 def output_head(model: Any, side: str) -> OutputHead:
     """The head of ``model`` (``get_output_embeddings()``: tied to the input embeddings or not, its
     bias if any) and the map its ``forward`` applies to the logits, read from its config."""
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    if isinstance(model, wrappers):
+        raise TypeError(
+            f"Argument `{side}`: expected an unwrapped causal LM; received a {type(model).__name__} wrapper. "
+            "kldiv.transformers runs the base model and the head itself, which would bypass the wrapper's "
+            "gradient synchronisation: it supports single-process training (one device) for now."
+        )
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
@@ -72,12 +79,12 @@ def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
     return {key: batch[key] for key in MODEL_INPUTS if batch.get(key) is not None}
 
 
-def last_hidden_states(model: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+def last_hidden_states(model: Any, batch: Mapping[str, Any], side: str = "student") -> torch.Tensor:
     """``[B, T, H]``: the base model's ``last_hidden_state`` (the final norm applied, no head)."""
     base = getattr(model, "base_model", None)
     if base is None or base is model:
         raise TypeError(
-            f"Argument `model`: expected a transformers causal LM with a base model; received "
+            f"Argument `{side}`: expected a transformers causal LM with a base model; received "
             f"{type(model).__name__}."
         )
     return base(**model_inputs(batch), use_cache=False).last_hidden_state
@@ -91,6 +98,11 @@ def shifted_labels(batch: Mapping[str, Any]) -> torch.Tensor:
         return batch["shift_labels"]
     labels = batch.get("labels")
     if labels is None:
+        if batch.get("input_ids") is None:
+            raise ValueError(
+                "Argument `batch`: expected `labels` (or `shift_labels`) with `inputs_embeds`; received "
+                f"keys {sorted(batch)}."
+            )
         labels = batch["input_ids"]
         mask = batch.get("attention_mask")
         if mask is not None:
@@ -113,7 +125,7 @@ def verify_head(model: Any, head: OutputHead, batch: Mapping[str, Any], side: st
     try:
         with torch.no_grad():
             expected = model(**inputs, use_cache=False).logits
-            hidden = last_hidden_states(model, inputs)
+            hidden = last_hidden_states(model, inputs, side)
             logits = head.logit_map.apply(torch, torch.nn.functional.linear(hidden, head.weight, head.bias))
     finally:
         model.train(training)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._extras import require
+from . import _models
 from ._loss import TOPK_KEYS, distillation_loss
 
 transformers = require("transformers", "kldiv.transformers.DistillationTrainer")
@@ -24,8 +25,11 @@ class DistillationTrainer(transformers.Trainer):
             ``scale_by_temperature_squared``, ...).
 
     Gradient accumulation is exact: the trainer counts the step's kept tokens for every model
-    (``num_items_in_batch``) and each micro-batch's loss is its sum divided by that count. Logging,
-    evaluation (``eval_loss`` is the same loss) and checkpoints are ``Trainer``'s own.
+    (``num_items_in_batch``; from the shifted labels, or from ``input_ids`` and the attention mask when
+    the batches have no labels) and each micro-batch's loss is its sum divided by that count. Logging,
+    evaluation (``eval_loss`` is the same loss) and checkpoints are ``Trainer``'s own. Single process
+    (one device) for now: a DDP / DataParallel-wrapped model is refused with an error, since the loss
+    runs the base model and the head itself, outside the wrapper.
     """
 
     def __init__(
@@ -62,6 +66,14 @@ class DistillationTrainer(transformers.Trainer):
             *self._signature_columns,
             *(k for k in TOPK_KEYS if k not in self._signature_columns),
         ]
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> Any:
+        if batch_samples and all("labels" not in b and "shift_labels" not in b for b in batch_samples):
+            # Trainer counts labels only; distillation_loss takes the labels from input_ids then.
+            return sum((_models.shifted_labels(b) != _models.IGNORE_INDEX).sum() for b in batch_samples).to(
+                device
+            )
+        return super()._get_num_items_in_batch(batch_samples, device)
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None

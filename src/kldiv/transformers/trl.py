@@ -28,7 +28,8 @@ gkd = require("trl.experimental.gkd", "kldiv.transformers.GKDTrainer")
 
 class GKDTrainer(gkd.GKDTrainer):
     """``trl.experimental.gkd.GKDTrainer`` whose ``compute_loss`` is kldiv's fused distillation loss
-    (same value as TRL's ``generalized_jsd_loss`` at temperature 1, as TRL's own ``compute_loss``)."""
+    (same value as TRL's ``generalized_jsd_loss`` at temperature 1, as TRL's own ``compute_loss``).
+    ``return_outputs=True`` returns ``(loss, {})``: there are no student logits to return."""
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
