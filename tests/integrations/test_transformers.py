@@ -276,3 +276,21 @@ def test_a_padded_teacher_vocabulary_is_aligned_on_request():
     assert_close(top, expected)
     with pytest.raises(ValueError, match="'truncate_teacher' with `top_k`"):
         distillation_loss(student, teacher, data, vocab_alignment="pad_student", top_k=8)
+
+
+def test_return_stats_gives_per_position_statistics():
+    """``return_stats=True``: ``[B, T]`` per-token statistics of the same pass (0 on ignored labels);
+    the loss is unchanged and ``per_token`` sums to it times the kept tokens."""
+    student, teacher = tiny("qwen2", 0), tiny("qwen2", 1)
+    data = batch(6)
+    loss, stats = distillation_loss(student, teacher, data, temperature=2.0, return_stats=True)
+    plain = distillation_loss(student, teacher, data, temperature=2.0)
+    assert_close(loss, plain, tolerance=1e-7)
+    keep = torch.nn.functional.pad(data["labels"], (0, 1), value=-100)[:, 1:] != -100
+    assert stats["per_token"].shape == keep.shape and torch.all(stats["per_token"][~keep] == 0)
+    assert_close(stats["per_token"].sum() / keep.sum(), plain)
+    with torch.no_grad():
+        s = student(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
+    assert_close(stats["student_lse"][keep], torch.logsumexp(s / 2.0, -1)[keep])
+    with pytest.raises(ValueError, match="`return_stats`"):
+        distillation_loss(student, teacher, data, alpha=1.0, return_stats=True)

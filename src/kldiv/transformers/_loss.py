@@ -60,8 +60,9 @@ def distillation_loss(
     num_items_in_batch: Any = None,
     chunk_size: int | None = None,
     verify: bool = True,
+    return_stats: bool = False,
     **options: Unpack[OptionArguments],
-) -> torch.Tensor:
+) -> Any:
     r"""The distillation loss of a ``transformers`` causal LM ``student`` by ``teacher`` on ``batch``
     (the program in the module docstring), without either model's ``[B, T, V]`` logits.
 
@@ -90,11 +91,13 @@ def distillation_loss(
             batch's kept tokens. A batch with no kept token gives 0.
         chunk_size: tokens per chunk (default from kldiv's memory budget).
         verify: check once per model that its own logits equal ``φ(hidden @ W.T + b)`` on two tokens.
+        return_stats: also return the divergence's per-token statistics (:mod:`kldiv.fused._torch_stats`;
+            ``[B, T]`` tensors, one per position of ``input_ids``, 0 where the label is ignored).
         **options: kldiv's options (``direction``, ``beta``, ``epsilon``, ``scale_by_temperature_squared``,
             ``backend``, ...); both inputs are logits.
 
     Returns:
-        A float32 scalar with the student's gradients.
+        A float32 scalar with the student's gradients (``(loss, stats)`` with ``return_stats=True``).
     """
     if divergence not in DIVERGENCES:
         raise ValueError(
@@ -110,7 +113,8 @@ def distillation_loss(
             f"Argument `batch`: expected a mapping with `input_ids` (a tokenized batch); received {received}."
         )
     student_head = _models.output_head(student, "student")
-    labels = _models.shifted_labels(batch).reshape(-1)
+    shifted = _models.shifted_labels(batch)
+    labels = shifted.reshape(-1)
     keep = labels != IGNORE_INDEX
     if verify:
         _models.verify_head(student, student_head, batch, "student")
@@ -118,10 +122,18 @@ def distillation_loss(
     hidden = hidden.reshape(-1, hidden.shape[-1])
     if hidden.element_size() < 4:  # a float16 / bfloat16 student: the sum is returned in float32
         options.setdefault("dtype", "float32")
+    if return_stats and alpha == 1.0:
+        raise ValueError("Argument `return_stats`: the statistics are the divergence's; received alpha=1.")
+    stats = None
     if alpha < 1.0:
         settings = (divergence, temperature, top_k, chunk_size, verify)
-        kd = _divergence_sum(student, teacher, batch, student_head, hidden, keep, settings, options)
-        total = (1.0 - alpha) * kd
+        kd = _divergence_sum(
+            student, teacher, batch, student_head, hidden, keep, settings, options, return_stats
+        )
+        if return_stats:
+            kd, stats = kd
+            stats = {name: value.reshape(shifted.shape) for name, value in stats.items()}
+        total = (1.0 - alpha) * kd.float()
     else:  # the cross-entropy alone: the teacher is not run (0·KD would turn an infinite KD into NaN)
         total = hidden.new_zeros((), dtype=torch.float32)
     if alpha:
@@ -137,12 +149,17 @@ def distillation_loss(
     count = keep.sum() if num_items_in_batch is None else num_items_in_batch
     if torch.is_tensor(count):
         count = count.to(total.device)
-        return torch.where(count > 0, total / torch.clamp(count, min=1), torch.zeros_like(total))
-    return total / count if count > 0 else total * 0.0
+        loss = torch.where(count > 0, total / torch.clamp(count, min=1), torch.zeros_like(total))
+    else:
+        loss = total / count if count > 0 else total * 0.0
+    return loss if stats is None else (loss, stats)
 
 
-def _divergence_sum(student, teacher, batch, student_head, hidden, keep, settings, options) -> torch.Tensor:
-    """``Σ`` over the kept tokens of the divergence of the teacher and the student (float32)."""
+def _divergence_sum(
+    student, teacher, batch, student_head, hidden, keep, settings, options, return_stats
+) -> Any:
+    """``Σ`` over the kept tokens of the divergence of the teacher and the student (and, with
+    ``return_stats``, the fused pass's per-token statistics)."""
     divergence, temperature, top_k, chunk_size, verify = settings
     alignment = options.get("vocab_alignment")
     teacher_arguments = _teacher(
@@ -155,9 +172,10 @@ def _divergence_sum(student, teacher, batch, student_head, hidden, keep, setting
         student_softcap=student_head.logit_map.softcap,
         student_logit_scale=student_head.logit_map.scale,
         **teacher_arguments.pop("maps"),
+        return_stats=return_stats,
         **options,
     )
-    return loss(hidden, student_head.weight, student_head.bias, mask=keep, **teacher_arguments).float()
+    return loss(hidden, student_head.weight, student_head.bias, mask=keep, **teacher_arguments)
 
 
 def _teacher(
