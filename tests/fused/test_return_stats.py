@@ -117,6 +117,9 @@ def test_chunked_statistics_keep_the_leading_shape():
     student = torch.randn(2, 5, V, generator=generator, dtype=torch.float64, requires_grad=True)
     loss, stats = chunked_kl_divergence(teacher, student, return_stats=True, chunk_size=3, temperature=T)
     assert all(value.shape == (2, 5) for value in stats.values())
+    assert stats.per_token is stats["per_token"]  # SPEC §6: stats.per_token
+    with pytest.raises(AttributeError, match="teacher_mass"):
+        stats.teacher_mass  # dense teacher: not recorded
     torch.testing.assert_close(stats["teacher_lse"], torch.logsumexp(teacher / T, -1), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(loss, stats["per_token"].mean(), rtol=1e-12, atol=0)
     with pytest.raises(TypeError, match="`return_stats`"):

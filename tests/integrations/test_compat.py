@@ -241,3 +241,24 @@ def test_torchtune_drops_what_kldiv_counts():
     assert float(ForwardKLLoss()(hidden_student, teacher, y)) == torch.inf
     assert torch.isfinite(kd.ReverseKLLoss()(student, hidden_teacher, y))
     assert float(ReverseKLLoss()(student, hidden_teacher, y)) == torch.inf
+
+
+@pytest.mark.parametrize(
+    ("module", "shown"),
+    [
+        (LigerFusedLinearJSD(jsd_beta=0.3), "jsd_beta=0.3"),
+        (LigerFusedLinearJSDLoss(beta=0.2, weight_hard_loss=0.3), "weight_hard_loss=0.3"),
+        (ForwardKLLoss(ignore_index=-1), "ignore_index=-1"),
+        (ReverseKLWithChunkedOutputLoss(num_output_chunks=4), "num_output_chunks=4"),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_drop_ins_behave_like_modules(module, shown):
+    """``.to()``, ``deepcopy``, ``pickle``, ``state_dict`` and the options in ``repr``."""
+    import copy
+    import pickle
+
+    assert module.to(torch.float64) is module and module.state_dict() == {}
+    assert shown in repr(module)
+    for clone in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+        assert type(clone) is type(module) and repr(clone) == repr(module)

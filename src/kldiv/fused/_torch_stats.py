@@ -22,6 +22,17 @@ from .._extras import require
 
 torch = require("torch", "kldiv.fused.torch")
 
+
+class Stats(dict):
+    """The statistics by name: ``stats["per_token"]`` or ``stats.per_token``."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no statistic {name!r}; these are recorded: {sorted(self)}") from None
+
+
 DENSE = ("per_token", "student_lse", "teacher_lse", "student_entropy")
 SPARSE = ("per_token", "student_lse", "student_entropy", "teacher_mass", "student_mass", "topk_overlap")
 
@@ -79,6 +90,6 @@ class Recorder:
             for name, value in found.items():
                 self.stats[name][chunk] = torch.where(kept, value, torch.zeros_like(value))
 
-    def result(self, per_token: torch.Tensor, lead: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    def result(self, per_token: torch.Tensor, lead: tuple[int, ...]) -> Stats:
         self.stats["per_token"] = per_token.detach().to(self.stats["per_token"].dtype)
-        return {name: self.stats[name].reshape(lead) for name in self.names}
+        return Stats((name, self.stats[name].reshape(lead)) for name in self.names)

@@ -132,7 +132,7 @@ def distillation_loss(
         )
         if return_stats:
             kd, stats = kd
-            stats = {name: value.reshape(shifted.shape) for name, value in stats.items()}
+            stats = type(stats)((name, value.reshape(shifted.shape)) for name, value in stats.items())
         total = (1.0 - alpha) * kd.float()
     else:  # the cross-entropy alone: the teacher is not run (0·KD would turn an infinite KD into NaN)
         total = hidden.new_zeros((), dtype=torch.float32)
