@@ -154,8 +154,10 @@ def through_core(case: Case, options: dict, reduction: str, dtype: torch.dtype) 
             teacher,
             case.topk_format,
             exclude=lambda s, top: s.scatter(-1, top, -math.inf),
+            temperature=options["temperature"],
         )
         formats = {"y_true_format": "log_probs", "y_pred_format": "log_probs"}
+        options = {**options, "temperature": 1.0}  # applied by sparse_log_probs
     loss = loss_type(reduction=reduction, backend="core", **formats, **options)
     return _results(loss(teacher, student, **case.call()), leaves)
 
@@ -333,14 +335,35 @@ def topk_cases() -> dict[str, Case]:
     labels = np.array([0, -100, 2, 3, -100, -100])
     cases["masked_hostile_rows_labels"] = case(values, labels=labels)
     cases["all_masked_mask"] = case(values, mask=np.zeros(ROWS, dtype=bool))
+    b = bias.copy()
+    b[indices[0, 0]] = 200.0  # row 0's tail lies > 80 nats below its top: the tail summed apart
+    cases["student_tail_far_below"] = case(bias=b)
+    b = bias.copy()
+    b[indices[1, 1]] = DENORMAL
+    cases["student_denormal"] = case(bias=b, hidden=DENORMAL * hidden)
+    same = np.tile(np.arange(k), (ROWS, 1))  # every row's top-k is columns 0..k-1
+    b = bias.copy()
+    b[k:] = -math.inf  # the student has no mass outside them: its tail bucket is log 0
+    cases["student_tail_all_neg_inf"] = case(
+        np.take_along_axis(log_probs, same, -1).astype(np.float32), same, bias=b
+    )
+    repeated = indices.copy()
+    repeated[:, 1] = repeated[:, 0]  # a repeated index: its mass counted twice, as take_along_axis does
+    cases["repeated_index"] = case(np.take_along_axis(log_probs, repeated, -1).astype(np.float32), repeated)
+    cases["repeated_index_logits_format"] = case(
+        np.take_along_axis(teacher, repeated, -1).astype(np.float32), repeated, topk_format="logits"
+    )
     return cases
 
 
 CHUNKED = chunked_cases()
 FUSED = fused_cases()
 TOPK = topk_cases()
-# A sparse teacher takes autograd through the core in every chunk (no kernel, no temperature).
-TOPK_OPTIONS = [(options, reduction) for options, reduction in ALL_OPTIONS if options["temperature"] == 1.0]
+# A sparse teacher: the Numba kernels (kldiv.fused._torch_sparse) and autograd through the core (the
+# Triton kernels under the interpreter below).
+TOPK_PATHS = {"numba": PATHS["numba"], "core": PATHS["core"]}
+# "sum" only rescales the rows' coefficients of "auto" (as on the dense kernel path).
+TOPK_OPTIONS = [(options, reduction) for options, reduction in ALL_OPTIONS if reduction != "sum"]
 
 
 @pytest.mark.parametrize("name", sorted(CHUNKED))
@@ -356,7 +379,7 @@ def test_fused_linear_named_edge_case(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(TOPK))
 def test_topk_teacher_named_edge_case(name: str) -> None:
     for options, reduction in TOPK_OPTIONS:
-        check(TOPK[name], options, reduction, paths={"core": PATHS["core"]}, name=f"top-k {name}")
+        check(TOPK[name], options, reduction, paths=TOPK_PATHS, name=f"top-k {name}")
 
 
 @st.composite
@@ -409,6 +432,12 @@ TRITON_PATHS = {"triton": ({"backend": "triton"}, False)}
 # Per-token values and a non-uniform upstream gradient (the other reductions only rescale the rows'
 # coefficients, as on the Numba path): the interpreter runs about 0.1 s a call.
 TRITON_OPTIONS = [(options, reduction) for options, reduction in ALL_OPTIONS if reduction == "none"]
+# Top-k: exact mode and no symmetric KL (the sum of the two directions), to keep the interpreter's time.
+TRITON_TOPK_OPTIONS = [
+    (options, reduction)
+    for options, reduction in TRITON_OPTIONS
+    if options["epsilon"] is None and options.get("direction") != "symmetric"
+]
 
 
 def triton_main() -> None:
@@ -416,9 +445,9 @@ def triton_main() -> None:
 
     _torch_chunks.DEVICE_ARRAYS["cpu"] = "cuda"
     failures = []
-    for kind, cases in (("chunked", CHUNKED), ("fused", FUSED)):
+    for kind, cases in (("chunked", CHUNKED), ("fused", FUSED), ("top-k", TOPK)):
         for name, case in sorted(cases.items()):
-            for options, reduction in TRITON_OPTIONS:
+            for options, reduction in TRITON_TOPK_OPTIONS if kind == "top-k" else TRITON_OPTIONS:
                 try:
                     check(case, options, reduction, paths=TRITON_PATHS, name=f"{kind} {name}")
                 except AssertionError as error:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..bench.fused_linear.accuracy import run_accuracy
-from ..bench.fused_linear.cases import IMPLS, liger_jsd
+from ..bench.fused_linear.cases import IMPLS, TOPK_IMPLS, liger_jsd
 from ..bench.fused_linear.report import notes, tables
 from ..bench.fused_linear.run import (
     ACCURACY_IMPLS,
@@ -25,6 +25,7 @@ from ..bench.fused_linear.run import (
     DTYPES,
     GRID_DTYPES,
     TEACHERS,
+    TOPK_DEFAULT_IMPLS,
     cuda_missing_reason,
     grid_sizes,
     run_benchmark,
@@ -46,6 +47,7 @@ examples:
   kldiv bench fused-linear --sizes 1024x1024x32000 --dtypes float32
   kldiv bench fused-linear --grid --repeats 2 --json fused.json --markdown fused.md
   kldiv bench fused-linear --accuracy
+  kldiv bench fused-linear --sizes 4096x1024x32000 --top-k 32,128,512   # sparse teacher vs dense
   kldiv bench fused-linear --device cuda --grid      # + Liger-Kernel's fused linear JSD"""
 
 
@@ -80,6 +82,13 @@ def build_parser() -> Parser:
         choices=TEACHERS,
         help="logits or hidden (+ weight) (default: logits on CPU, hidden on CUDA)",
     )
+    parser.add_argument(
+        "--top-k",
+        type=arguments.argument(arguments.sizes("K", "128")),
+        metavar="K,...",
+        help="sparse-teacher cases: the teacher stored as its top K log-probabilities (e.g. 32,128,512); "
+        "runs naive-kl, kldiv-kl, naive-topk, kldiv-topk unless --impls says otherwise",
+    )
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument(
         "--timeout", type=float, default=1800.0, metavar="S", help="seconds per case process (default: 1800)"
@@ -102,7 +111,16 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
         grid_sizes() if args.grid else args.sizes or list(ACCURACY_SIZES if args.accuracy else DEFAULT_SIZES)
     )
     dtypes = args.dtypes or list(GRID_DTYPES if args.grid or args.accuracy else ("float32",))
-    impls = args.impls or list(ACCURACY_IMPLS if args.accuracy else DEFAULT_IMPLS[args.device])
+    top_k = [size[0] for size in args.top_k or []]
+    if top_k and args.accuracy:
+        raise ValueError("--top-k measures memory and time; drop --accuracy")
+    default = TOPK_DEFAULT_IMPLS if top_k else DEFAULT_IMPLS[args.device]
+    impls = args.impls or list(ACCURACY_IMPLS if args.accuracy else default)
+    if not top_k and any(impl in TOPK_IMPLS for impl in impls):
+        raise ValueError(f"--impls {','.join(TOPK_IMPLS)} need the teacher's k: add --top-k K,...")
+    too_large = [k for k in top_k for size in sizes if k > size[2]]
+    if too_large:
+        raise ValueError(f"--top-k: expected k ≤ V of every size; received {too_large[0]}")
     teacher = args.teacher or ("hidden" if args.device == "cuda" else "logits")
     if "liger-jsd" in impls and teacher != "hidden":
         raise ValueError("liger-jsd takes the teacher as hidden states + weight: use --teacher hidden")
@@ -117,6 +135,7 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
         "timeout": args.timeout,
         "seed": args.seed,
         "mode": "accuracy" if args.accuracy else "memory+time",
+        "top_k": top_k,
     }
 
 

@@ -22,6 +22,7 @@ but 12× slower than the scatter at k = 64, so the scatter stays.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -72,5 +73,18 @@ def sparse_log_probs(
         return values, student_top
     mass = xp.clip(xp.sum(xp.exp(values), axis=-1, keepdims=True), None, 1.0)
     teacher_tail = xp.log1p(-mass)
-    student_tail = logsumexp(xp, exclude(student, indices), -1)
+    student_tail = _tail_logsumexp(xp, exclude(student, indices))
     return xp.concat([values, teacher_tail], axis=-1), xp.concat([student_top, student_tail], axis=-1)
+
+
+def _tail_logsumexp(xp: Namespace, tail: Array) -> Array:
+    """:func:`kldiv.core.divergences.logsumexp` of the student's tail (the top entries already
+    ``-inf``), ``-inf`` with a zero gradient where the tail holds no mass (every entry ``-inf``: a
+    student whose other logits are masked). The plain form's backward there is ``e^{-inf} / 0 =
+    0 · inf = NaN``, which the log-softmax's chain rule spreads over the row; the tail's entries are
+    ``-inf``, which receive no gradient anywhere else in kldiv (``pad_student``), and the top entries
+    keep theirs through the row's log-sum-exp."""
+    empty = xp.max(tail, axis=-1, keepdims=True) == -math.inf  # (a NaN row is not empty)
+    safe = xp.where(empty, xp.zeros_like(tail), tail)  # the tail's entries get 0 from these rows
+    lse = logsumexp(xp, safe, -1)
+    return xp.where(empty, xp.full_like(lse, -math.inf), lse)

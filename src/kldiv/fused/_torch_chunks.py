@@ -163,7 +163,7 @@ class _Workspace:
 
     def __init__(self, config: _Config, inputs: Inputs, want_grad: bool, recorder: Any = None) -> None:
         self.recorder = recorder  # a _torch_stats.Recorder when the caller asked for statistics
-        self.student = self.teacher = None
+        self.student = self.teacher = self.mask = None
         if config.kernel is None:
             return
         # The kernels read the student's dtype (Triton reads float16 / bfloat16 as they are; Numba
@@ -175,6 +175,9 @@ class _Workspace:
         vocab = source.shape[-1] if inputs.student_logits is not None else inputs.student_weight.shape[0]
         if inputs.student_logits is None or want_grad:
             self.student = torch.empty((rows, vocab), dtype=dtype, device=device)
+        if inputs.topk_indices is not None and config.topk_format == "log_probs":
+            # The top entries of each row, for the tail's sums (all zero between chunks).
+            self.mask = torch.zeros((rows, vocab), dtype=torch.uint8, device=device)
         if inputs.teacher_hidden is not None:  # formed in the teacher's dtype, cast per chunk
             self.teacher = torch.empty((rows, vocab), dtype=inputs.teacher_hidden.dtype, device=device)
 
@@ -238,6 +241,8 @@ def _chunk_by_numba(config, inputs, coef, keep, want, chunk, workspace):
 
     student = _wide(_student_logits(inputs, chunk, workspace.student).detach()).contiguous()
     student, factor = _map_student(config, student, keep[chunk])
+    if inputs.topk_indices is not None:
+        return _sparse_by_kernel(config, inputs, coef, keep, want, chunk, workspace, student, factor)
     teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype)
     teacher = config.teacher_map.apply(torch, teacher).contiguous()
     if workspace.recorder is not None:
@@ -265,6 +270,10 @@ def _chunk_by_triton(config, inputs, coef, keep, want, chunk, workspace):
 
     student = _student_logits(inputs, chunk, workspace.student).detach()
     student, factor = _map_student(config, student, keep[chunk])
+    if inputs.topk_indices is not None:
+        return _sparse_by_kernel(
+            config, inputs, coef, keep, want, chunk, workspace, student.contiguous(), factor
+        )
     teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype)
     teacher = config.teacher_map.apply(torch, teacher)
     if workspace.recorder is not None:
@@ -279,6 +288,31 @@ def _chunk_by_triton(config, inputs, coef, keep, want, chunk, workspace):
         want_grad=want_grad,
         out=out,
         **config.options.formula_arguments(),
+    )
+    return values, {} if grad is None else {"student": _chain(grad, factor)}
+
+
+def _sparse_by_kernel(config, inputs, coef, keep, want, chunk, workspace, student, factor):
+    """Value and ∂/∂student-logits of one chunk of a sparse top-k teacher from the plan's kernel
+    (:mod:`kldiv.fused._torch_sparse`), the gradient written over the chunk's logits buffer."""
+    from ._torch_sparse import sparse_chunk
+
+    sparse = (inputs.topk_indices[chunk], inputs.topk_values[chunk])
+    if workspace.recorder is not None:
+        workspace.recorder.record(chunk, keep[chunk], student, None, sparse, config.topk_format)
+    want_grad = any(want.values())
+    out = _gradient_buffer(inputs, student, factor, workspace) if want_grad else None
+    values, grad = sparse_chunk(
+        config.kernel,
+        config.options,
+        config.topk_format,
+        student,
+        *sparse,
+        coef[chunk],
+        keep[chunk],
+        workspace.mask,
+        want_grad=want_grad,
+        out=out,
     )
     return values, {} if grad is None else {"student": _chain(grad, factor)}
 
@@ -401,6 +435,7 @@ def _temporaries(kernel: str | None, inputs: Inputs, dtype: torch.dtype, maps: t
     if kernel is None:
         return chunking.AUTOGRAD_TEMPORARIES + mapped
     count = 1 + (inputs.teacher_hidden is not None)  # given student logits: the buffer holds the gradient
+    count += inputs.topk_indices is not None  # the sparse path's uint8 mask of the top entries (rounded up)
     if torch.finfo(dtype).bits < 32:
         count += 1
     return max(1, count) + mapped

@@ -20,8 +20,8 @@ Chunked and fused-linear calls have no threshold: their chunks are large by cons
 ``TRITON_INTERPRET=1`` (Triton's interpreter: how the kernel is tested without a GPU).
 
 Neither kernel serves: JAX, TensorFlow and other arrays (they have their own compiled paths),
-inputs that only broadcast against each other, a ``y_true`` that needs a gradient, a sparse top-k
-teacher, the Jensen–Shannon endpoints ``beta ∈ {0, 1}``, and any call while ``torch.compile`` traces
+inputs that only broadcast against each other, a ``y_true`` that needs a gradient, the Jensen–Shannon
+endpoints ``beta ∈ {0, 1}``, and any call while ``torch.compile`` traces
 (the core is a graph of torch ops; a kernel call would break it). Nothing here imports Numba, Triton
 or torch.
 """
@@ -83,7 +83,7 @@ class Request:
         y_true_grad: ``y_true`` (the teacher) needs a gradient.
         y_pred_grad: ``y_pred`` needs a gradient (torch, with autograd enabled).
         chunked: a chunked / fused-linear call (no size threshold).
-        sparse: a sparse top-k teacher.
+        sparse: a sparse top-k teacher (served by both kernels: :mod:`kldiv.fused._torch_sparse`).
         source: the arrays' library and device, for error messages.
     """
 
@@ -171,8 +171,6 @@ def unsupported_reason(options: Any, request: Request, kernel: str) -> str | Non
         return "y_true and y_pred of different (broadcast) shapes"
     if request.y_true_grad:
         return "a y_true that requires a gradient"
-    if request.sparse:
-        return "a sparse top-k teacher"
     if options.beta in (0.0, 1.0):
         return "beta at an endpoint (0 or 1)"
     if not _installed(kernel):

@@ -59,8 +59,8 @@ def _cuda_steps(step: Callable[[], Any], repeats: int) -> tuple[list[float], Any
 
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     """Measure one case (``spec``: impl, bt, hidden, vocab, dtype, teacher, device, warmup, repeats,
-    seed) in this process; returns the spec plus ``loss``, ``peak_extra_mib``, ``grads_mib``,
-    ``temporaries_mib``, ``median_ms``, ``times_ms`` (or ``error``)."""
+    seed, and ``k`` for a sparse teacher) in this process; returns the spec plus ``loss``,
+    ``peak_extra_mib``, ``grads_mib``, ``temporaries_mib``, ``median_ms``, ``times_ms`` (or ``error``)."""
     import torch
 
     device = spec["device"]
@@ -71,7 +71,14 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     result = dict(spec)
     try:
         inputs = make_inputs(
-            spec["bt"], spec["hidden"], spec["vocab"], dtype, device, spec["teacher"], spec["seed"]
+            spec["bt"],
+            spec["hidden"],
+            spec["vocab"],
+            dtype,
+            device,
+            spec["teacher"],
+            spec["seed"],
+            k=spec.get("k"),
         )
         params = (inputs["hidden"], inputs["weight"])
 

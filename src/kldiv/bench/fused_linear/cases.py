@@ -7,8 +7,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-IMPLS = ("naive-kl", "kldiv-kl", "naive-jsd", "kldiv-jsd", "liger-jsd")
+IMPLS = ("naive-kl", "kldiv-kl", "naive-jsd", "kldiv-jsd", "liger-jsd", "naive-topk", "kldiv-topk")
+TOPK_IMPLS = ("naive-topk", "kldiv-topk")
+"""Forward KL against a sparse teacher (its top ``k`` log-probabilities, ``--top-k``)."""
 BETA = 0.5
+
+
+def label_of(record: dict[str, Any]) -> str:
+    """The implementation of a record as the tables name it: ``kldiv-topk k=128`` for a sparse case."""
+    return record["impl"] if record.get("k") is None else f"{record['impl']} k={record['k']}"
 
 
 def liger_jsd() -> tuple[Any, str]:
@@ -25,11 +32,21 @@ def liger_jsd() -> tuple[Any, str]:
 
 
 def make_inputs(
-    bt: int, hidden: int, vocab: int, dtype: Any, device: str, teacher: str, seed: int, need_grad: bool = True
+    bt: int,
+    hidden: int,
+    vocab: int,
+    dtype: Any,
+    device: str,
+    teacher: str,
+    seed: int,
+    need_grad: bool = True,
+    k: int | None = None,
 ) -> dict[str, Any]:
     """Student hidden states ``[BT, H]`` (std 1) and weight ``[V, H]`` (std ``1/√H``: logits of std
     about 1), and the teacher: logits ``[BT, V]`` (std 2) or hidden states + weight (logits of std
-    about 2). Drawn directly in ``dtype`` on ``device`` (no float32 copy of the large tensors)."""
+    about 2). Drawn directly in ``dtype`` on ``device`` (no float32 copy of the large tensors). With
+    ``k``, the same teacher stored as its top ``k`` (int32 indices, float32 log-probabilities:
+    :func:`kldiv.fused.torch.topk_teacher`; the dense teacher is dropped before measuring)."""
     import torch
 
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -46,6 +63,17 @@ def make_inputs(
     else:
         inputs["teacher_hidden"] = draw(bt, hidden, scale=1.0)
         inputs["teacher_weight"] = draw(vocab, hidden, scale=2.0 * hidden**-0.5)
+    if k is not None:
+        from kldiv.fused.torch import topk_teacher
+
+        dense = {name: inputs.pop(name) for name in list(inputs) if name.startswith("teacher_")}
+        if "teacher_logits" in dense:
+            indices, values = topk_teacher(dense["teacher_logits"], k=k)
+        else:
+            indices, values = topk_teacher(
+                teacher_hidden=dense["teacher_hidden"], teacher_weight=dense["teacher_weight"], k=k
+            )
+        inputs["teacher_topk_indices"], inputs["teacher_topk_values"] = indices, values
     return inputs
 
 
@@ -78,17 +106,36 @@ def naive_loss(kind: str, inputs: dict[str, Any], compute_dtype: Any = None) -> 
     return (BETA * teacher_part + (1 - BETA) * student_part).mean()
 
 
+def naive_topk_loss(inputs: dict[str, Any]) -> Any:
+    """The naive program of top-k distillation: the student's logits materialised, their log-softmax
+    (float32), coarsened to the teacher's ``k`` entries plus the tail bucket, forward KL, mean over
+    tokens (what a PyTorch user writes; kldiv's own formula is :func:`kldiv.core.topk.sparse_log_probs`)."""
+    import torch
+
+    indices = inputs["teacher_topk_indices"].long()
+    teacher = inputs["teacher_topk_values"].float()
+    logits = inputs["hidden"] @ inputs["weight"].T
+    log_q = torch.log_softmax(logits.float(), dim=-1)
+    student = log_q.gather(-1, indices)
+    student_tail = torch.logsumexp(log_q.scatter(-1, indices, -math.inf), dim=-1, keepdim=True)
+    teacher_tail = torch.log1p(-teacher.exp().sum(-1, keepdim=True).clamp(max=1.0))
+    log_p, log_s = torch.cat([teacher, teacher_tail], -1), torch.cat([student, student_tail], -1)
+    return torch.where(log_p > -math.inf, log_p.exp() * (log_p - log_s), 0.0).sum(-1).mean()
+
+
 def make_loss(impl: str) -> Callable[[dict[str, Any]], Any]:
     """``inputs → scalar loss`` of one implementation (see :data:`IMPLS`)."""
     if impl not in IMPLS:
         raise ValueError(f"unknown implementation {impl!r}; expected one of {', '.join(IMPLS)}")
+    if impl == "naive-topk":
+        return naive_topk_loss
     if impl.startswith("naive"):
         kind = impl.split("-")[1]
         return lambda inputs: naive_loss(kind, inputs)
     if impl.startswith("kldiv"):
         import kldiv.torch
 
-        if impl == "kldiv-kl":
+        if impl in ("kldiv-kl", "kldiv-topk"):
             module = kldiv.torch.FusedLinearKLDivergence(reduction="token_mean")
         else:
             module = kldiv.torch.FusedLinearJSDivergence(reduction="token_mean", beta=BETA)

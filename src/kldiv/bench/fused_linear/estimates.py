@@ -27,7 +27,7 @@ from ..machine import available_memory
 # logits when it is given as hidden states + weight). bfloat16 adds float32 copies of the weight in
 # the matmuls (at 256x1024x32000 the peak, 250 MiB, is the same for naive and kldiv): covered by
 # counting bfloat16 gradients three times.
-NAIVE_LOGIT_COPIES = {"naive-kl": 6.0, "naive-jsd": 10.0}
+NAIVE_LOGIT_COPIES = {"naive-kl": 6.0, "naive-jsd": 10.0, "naive-topk": 6.0}
 # kldiv's chunks: at most a few memory budgets (96 MiB each by default).
 FUSED_TEMPORARY_BYTES = 512 * 2**20
 # Imports (torch, Numba, kldiv) and allocator slack of one case process.
@@ -57,7 +57,7 @@ def estimate_bytes(impl: str, bt: int, hidden: int, vocab: int, dtype: str, teac
     """A generous estimate of the peak resident memory of one CPU case process."""
     size = _itemsize(dtype)
     params = (bt * hidden + vocab * hidden) * size
-    teacher_bytes = bt * vocab * size if teacher == "logits" else params
+    teacher_bytes = bt * vocab * size if teacher == "logits" else params  # (a top-k teacher: formed once)
     grads = params if size >= 4 else params * 3  # bfloat16: float32 accumulators besides the result
     if impl.startswith("naive"):
         copies = NAIVE_LOGIT_COPIES[impl] + (1 if teacher == "hidden" else 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .cases import label_of
 from .estimates import probe_text
 
 Table = tuple[str, list[str], list[list[str]]]
@@ -67,7 +68,7 @@ def measurement_table(report: dict[str, Any]) -> Table:
     columns: list[Column] = [
         ("size", lambda r: _size(r[k] for k in ("bt", "hidden", "vocab"))),
         ("dtype", lambda r: r["dtype"]),
-        ("impl", lambda r: r["impl"]),
+        ("impl", label_of),
         (memory, lambda r: _mib(r.get("peak_extra_mib"))),
         ("excl. grads", lambda r: _mib(r.get("temporaries_mib"))),
         ("median ms", lambda r: _ms(r.get("median_ms"))),

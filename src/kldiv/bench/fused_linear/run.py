@@ -2,7 +2,8 @@
 
 ``config`` (a dict, see :func:`default_config`): sizes ``(BT, H, V)``, dtypes, impls, teacher
 ("logits" or "hidden"), device ("cpu" or "cuda"), warmup, repeats, timeout (seconds per case
-process), seed and mode ("memory+time" or "accuracy").
+process), seed, mode ("memory+time" or "accuracy") and ``top_k`` (the ``k`` of each sparse-teacher
+case; the top-k impls run once per ``k``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ..machine import machine_info
-from .cases import IMPLS, liger_jsd
+from .cases import IMPLS, TOPK_IMPLS, label_of, liger_jsd
 from .estimates import (
     PROBE_VOCAB,
     constants,
@@ -34,7 +35,9 @@ ACCURACY_SIZES = ((256, 256, 4096), (128, 1024, 32000))
 DTYPES = ("float32", "bfloat16")
 DEVICES = ("cpu", "cuda")
 TEACHERS = ("logits", "hidden")
-DEFAULT_IMPLS = {"cpu": ("naive-kl", "kldiv-kl"), "cuda": IMPLS}
+DEFAULT_IMPLS = {"cpu": ("naive-kl", "kldiv-kl"), "cuda": tuple(i for i in IMPLS if i not in TOPK_IMPLS)}
+TOPK_DEFAULT_IMPLS = ("naive-kl", "kldiv-kl", "naive-topk", "kldiv-topk")
+"""The implementations of a ``--top-k`` run: the sparse teacher against the dense one."""
 ACCURACY_IMPLS = ("naive-kl", "kldiv-kl", "naive-jsd", "kldiv-jsd")
 # (numerator, denominator) pairs of the ratio table.
 COMPARISONS = (
@@ -42,6 +45,9 @@ COMPARISONS = (
     ("kldiv-jsd", "naive-jsd"),
     ("kldiv-jsd", "liger-jsd"),
     ("liger-jsd", "naive-jsd"),
+    ("kldiv-topk", "naive-topk"),
+    ("kldiv-topk", "kldiv-kl"),
+    ("kldiv-topk", "naive-kl"),
 )
 CASE_MODULE = "kldiv.bench.fused_linear.case"
 
@@ -109,10 +115,12 @@ def run_benchmark(config: dict[str, Any], stream: TextIO = sys.stderr) -> dict[s
     results = []
     for bt, hidden, vocab in config["sizes"]:
         for dtype in config["dtypes"]:
-            for impl in config["impls"]:
+            for impl, k in _impl_cases(config):
                 spec = {"impl": impl, "bt": bt, "hidden": hidden, "vocab": vocab, "dtype": dtype}
-                spec |= {k: config[k] for k in ("teacher", "device", "warmup", "repeats", "seed")}
-                label = f"{impl} [{bt}, {hidden}, {vocab}] {dtype}"
+                spec |= {key: config[key] for key in ("teacher", "device", "warmup", "repeats", "seed")}
+                if k is not None:
+                    spec["k"] = k
+                label = f"{label_of(spec)} [{bt}, {hidden}, {vocab}] {dtype}"
                 reason = _skip_reason(spec, config, probe)
                 if reason:
                     record = {**spec, "skipped": reason}
@@ -133,6 +141,15 @@ def run_benchmark(config: dict[str, Any], stream: TextIO = sys.stderr) -> dict[s
     }
 
 
+def _impl_cases(config: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """``(impl, k)`` of each case of one size and dtype: the top-k impls once per ``k``."""
+    cases = []
+    for impl in config["impls"]:
+        ks = (config.get("top_k") or []) if impl in TOPK_IMPLS else [None]
+        cases.extend((impl, k) for k in ks)
+    return cases
+
+
 def jsonable(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with its sizes as lists."""
     return {**config, "sizes": [list(s) for s in config["sizes"]]}
@@ -144,26 +161,33 @@ def _ok(record: dict[str, Any] | None) -> bool:
 
 def comparisons(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The ratios ``numerator / denominator`` of peak memory and median time, per size and dtype."""
-    found = {(r["bt"], r["hidden"], r["vocab"], r["dtype"], r["impl"]): r for r in results}
+    found = {(r["bt"], r["hidden"], r["vocab"], r["dtype"], r["impl"], r.get("k")): r for r in results}
     keys = sorted({k[:4] for k in found}, key=lambda k: (k[2], k[0], k[1], k[3]))
+    ks = sorted({k[5] for k in found if k[5] is not None})
     rows = []
     for key in keys:
         for top, bottom in COMPARISONS:
-            a, b = found.get((*key, top)), found.get((*key, bottom))
-            if a is None or b is None:
-                continue
-            row: dict[str, Any] = {"size": list(key[:3]), "dtype": key[3], "ratio": f"{top} / {bottom}"}
-            if _ok(a) and _ok(b):
-                row["memory_ratio"] = _divide(a["peak_extra_mib"], b["peak_extra_mib"])
-                row["temporaries_ratio"] = _divide(a["temporaries_mib"], b["temporaries_mib"])
-                row["time_ratio"] = a["median_ms"] / b["median_ms"]
-                row["loss_difference"] = abs(a["loss"] - b["loss"])
-            else:
-                row["missing"] = "; ".join(
-                    f"{r['impl']}: {r.get('skipped') or r.get('error')}" for r in (a, b) if not _ok(r)
-                )
-            rows.append(row)
+            for k in ks if top in TOPK_IMPLS else [None]:
+                a = found.get((*key, top, k))
+                b = found.get((*key, bottom, k if bottom in TOPK_IMPLS else None))
+                if a is not None and b is not None:
+                    rows.append(_comparison(key, a, b))
     return rows
+
+
+def _comparison(key: tuple, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """One row of the ratio table: ``a / b`` at size and dtype ``key``."""
+    row: dict[str, Any] = {"size": list(key[:3]), "dtype": key[3], "ratio": f"{label_of(a)} / {label_of(b)}"}
+    if _ok(a) and _ok(b):
+        row["memory_ratio"] = _divide(a["peak_extra_mib"], b["peak_extra_mib"])
+        row["temporaries_ratio"] = _divide(a["temporaries_mib"], b["temporaries_mib"])
+        row["time_ratio"] = a["median_ms"] / b["median_ms"]
+        row["loss_difference"] = abs(a["loss"] - b["loss"])
+    else:
+        row["missing"] = "; ".join(
+            f"{label_of(r)}: {r.get('skipped') or r.get('error')}" for r in (a, b) if not _ok(r)
+        )
+    return row
 
 
 def _divide(a: float, b: float) -> float | None:
