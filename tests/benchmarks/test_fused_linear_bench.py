@@ -207,6 +207,65 @@ def test_argument_errors():
     assert main(["bench", "fused-linear", "--impls", "naive-kl,nope"]) == 2
     assert main(["bench", "fused-linear", "--warmup", "-1"]) == 2
     assert main(["bench", "fused-linear", "--impls", "liger-jsd", "--teacher", "logits"]) == 2
+    assert main(["bench", "fused-linear", "--impls", "kldiv-topk"]) == 2  # no --top-k
+    assert main(["bench", "fused-linear", "--sizes", "16x8x64", "--top-k", "65"]) == 2  # k > V
+    assert main(["bench", "fused-linear", "--top-k", "8", "--accuracy"]) == 2
+    assert main(["bench", "fused-linear", "--top-k", "0"]) == 2
+
+
+@pytest.mark.parametrize("teacher", ["logits", "hidden"])
+def test_topk_programs_agree(teacher):
+    """naive-topk and kldiv-topk: the same loss and gradients; at k = V both equal the dense KL."""
+    results = {}
+    for impl, k in (
+        ("naive-topk", 8),
+        ("kldiv-topk", 8),
+        ("naive-topk", 64),
+        ("kldiv-topk", 64),
+        ("naive-kl", None),
+    ):
+        inputs = cases.make_inputs(16, 8, 64, torch.float32, "cpu", teacher, seed=3, k=k)
+        assert ("teacher_topk_indices" in inputs) == (k is not None)
+        loss = cases.make_loss(impl)(inputs)
+        loss.backward()
+        results[impl, k] = (float(loss.detach()), inputs["weight"].grad.clone())
+    for k in (8, 64):
+        naive, fused = results["naive-topk", k], results["kldiv-topk", k]
+        assert fused[0] == pytest.approx(naive[0], rel=1e-5)
+        torch.testing.assert_close(fused[1], naive[1], rtol=1e-4, atol=1e-6)
+    assert results["kldiv-topk", 64][0] == pytest.approx(results["naive-kl", None][0], rel=1e-5)
+    assert results["kldiv-topk", 8][0] < results["naive-kl", None][0]  # the coarsened KL is a lower bound
+
+
+def test_topk_run_pairs_each_k(monkeypatch):
+    """A --top-k run measures the top-k impls once per k and compares each with the dense paths."""
+    monkeypatch.setattr(
+        fused_run,
+        "run_child",
+        lambda spec, timeout: {
+            **spec,
+            "loss": 1.0,
+            "peak_extra_mib": 2.0,
+            "temporaries_mib": 1.0,
+            "median_ms": 3.0,
+        },
+    )
+    args = bench_fused.build_parser().parse_args(["--sizes", "16x8x64", "--top-k", "4,8"])
+    config = bench_fused.make_config(args)
+    assert config["impls"] == list(fused_run.TOPK_DEFAULT_IMPLS) and config["top_k"] == [4, 8]
+    report = fused_run.run_benchmark(config, stream=sys.stderr)
+    labels = [cases.label_of(r) for r in report["results"]]
+    assert labels == [
+        "naive-kl",
+        "kldiv-kl",
+        "naive-topk k=4",
+        "naive-topk k=8",
+        "kldiv-topk k=4",
+        "kldiv-topk k=8",
+    ]
+    ratios = [c["ratio"] for c in report["comparisons"]]
+    assert "kldiv-topk k=8 / naive-topk k=8" in ratios and "kldiv-topk k=4 / kldiv-kl" in ratios
+    assert "kldiv-topk k=4 / naive-kl" in ratios and "kldiv-topk k=4 / naive-topk k=8" not in ratios
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +280,9 @@ def test_cuda_without_cuda_is_an_error(tmp_path, capsys):
     assert err.startswith("kldiv: error: --device cuda: CUDA is not available") and err.count("\n") == 1
     assert not path.exists()
     config = bench_fused.make_config(bench_fused.build_parser().parse_args(["--device", "cuda"]))
-    assert config["impls"] == list(cases.IMPLS)  # naive, kldiv KL/JSD, liger
+    assert config["impls"] == [
+        i for i in cases.IMPLS if i not in cases.TOPK_IMPLS
+    ]  # naive, kldiv KL/JSD, liger
     assert config["teacher"] == "hidden"
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         case.run_case({"impl": "naive-jsd", "device": "cuda"})

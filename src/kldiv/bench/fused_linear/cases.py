@@ -117,6 +117,8 @@ def naive_topk_loss(inputs: dict[str, Any]) -> Any:
     logits = inputs["hidden"] @ inputs["weight"].T
     log_q = torch.log_softmax(logits.float(), dim=-1)
     student = log_q.gather(-1, indices)
+    if indices.shape[-1] == log_q.shape[-1]:  # k = V: no tail (kldiv's convention)
+        return (teacher.exp() * (teacher - student)).sum(-1).mean()
     student_tail = torch.logsumexp(log_q.scatter(-1, indices, -math.inf), dim=-1, keepdim=True)
     teacher_tail = torch.log1p(-teacher.exp().sum(-1, keepdim=True).clamp(max=1.0))
     log_p, log_s = torch.cat([teacher, teacher_tail], -1), torch.cat([student, student_tail], -1)
