@@ -23,15 +23,16 @@ constant ``-inf`` (the caller zeros ``g_tail``; its entries get 0), and a row wh
 is not finite (a NaN or ``+inf`` logit, no finite logit, an infinite bucket gradient) gets a NaN
 gradient throughout (the dense kernels' rule, :func:`kldiv.core.grads.softmax_chain_factor`).
 
-:func:`support_lse` finds ``L`` and ``L_t`` with a max pass and an exponential-sum pass: the
-tail's sum is taken in units of the row's largest term (the same exponentials), unless it is below
-``e^{-80}`` there (its terms would lose precision as float32 subnormals: a tail that small holds
-terms of ``e^{-87}`` and less, whose rounding then stays below float32's relative precision of the
-sum) or the row's maximum is not finite; then two more passes find the tail's own maximum and sum
-with it, as the core's log-sum-exp of the tail does. Special values follow the core's ``log_softmax``: a NaN anywhere makes
-the row NaN (``maxnum`` skips it, the sums carry it), a non-finite maximum shifts by 0. Masked rows
-(``keep == 0``) give 0 and a zero gradient (their logits are never read). The kernels never index
-by ``idx``: the caller gathers the top entries and builds ``mask`` with torch (which checks the indices).
+:func:`support_lse` finds ``L`` and ``L_t`` with a max pass and an exponential-sum pass: the tail's sum
+is taken in units of the row's largest term (the same exponentials), unless it is below ``e^{-80}``
+there (its terms would lose precision as float32 subnormals: a tail that small holds terms of
+``e^{-87}`` and less, whose rounding then stays below float32's relative precision of the sum) or the
+row's maximum is not finite; then two more passes find the tail's own maximum and sum with it, as the
+core's log-sum-exp of the tail does. Special values follow the core's ``log_softmax``: a NaN anywhere
+makes the row NaN (``maxnum`` skips it, the sums carry it), a non-finite maximum shifts by 0. Masked
+rows (``keep == 0``) give 0 and a zero gradient (their logits are never read). The kernels never index
+by ``idx``: the caller gathers the top entries and builds ``mask`` with torch (which checks the
+indices).
 """
 
 from __future__ import annotations
