@@ -449,7 +449,6 @@ def _kernel(options: Options, inputs: Inputs, dtype: torch.dtype, device: torch.
         dtype=_namespace.dtype_name(dtype),
         y_true_grad=any(t is not None and t.requires_grad for t in teacher),
         chunked=True,
-        sparse=inputs.topk_indices is not None,
         source=f"torch on {device.type}",
     )
     return dispatch.plan(options, request).kernel

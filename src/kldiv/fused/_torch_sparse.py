@@ -65,8 +65,7 @@ def _support_lse(
     if kernel == "numba":
         from ..kernels.numba_topk import support_lse
 
-        keep8 = keep.numpy().astype("uint8", copy=False)
-        lse, tail = support_lse(student.numpy(), mask.numpy(), keep8, temperature)
+        lse, tail = support_lse(student.numpy(), mask.numpy(), keep.numpy(), temperature)
         return torch.from_numpy(lse), torch.from_numpy(tail)
     from ..kernels.triton.topk import support_lse_triton
 
@@ -77,11 +76,10 @@ def _support_chain(kernel, student, g, keep, lse, lse_tail, temperature, has_tai
     if kernel == "numba":
         from ..kernels.numba_topk import support_chain
 
-        keep8 = keep.numpy().astype("uint8", copy=False)
         support_chain(
             student.numpy(),
             g.numpy(),
-            keep8,
+            keep.numpy(),
             lse.numpy(),
             lse_tail.numpy(),
             temperature,
@@ -117,11 +115,13 @@ def sparse_chunk(
         topk_format: ``"log_probs"`` or ``"logits"`` (the teacher's ``values``).
         student: ``[c, V]`` student logits after their logit map, contiguous.
         indices, values: ``[c, k]`` the teacher's top entries.
-        coef, keep: ``[c]`` gradient coefficients and keep-mask.
+        coef, keep: ``[c]`` gradient coefficients and bool keep-mask.
         mask: a ``[c', V]`` uint8 workspace (``c' ≥ c``) of zeros; it is left zero.
     """
     rows, vocab = student.shape
     indices = indices.long()
+    kept = keep.unsqueeze(-1)
+    keep = keep.view(torch.uint8)  # what the kernels read (a view of the bool mask: no copy)
     accumulate = torch.float64 if student.dtype == torch.float64 else torch.float32
     temperature = options.temperature
     if topk_format == "logits":
@@ -141,7 +141,6 @@ def sparse_chunk(
         lse, lse_tail = _support_lse(kernel, student, mask, keep, temperature)
     finally:
         mask.scatter_(1, indices, 0)
-    kept = keep.unsqueeze(-1)
     scaled = student.gather(1, indices).to(accumulate) * (1.0 / temperature)
     top = torch.where(kept, scaled.to(lse.dtype) - lse.unsqueeze(-1), 0.0).to(accumulate)
     teacher = values.to(accumulate)
@@ -160,13 +159,13 @@ def sparse_chunk(
     if not want_grad:
         return per_token, None
     if has_tail:  # a tail without mass is the constant -inf (the core's): its bucket passes nothing back
-        g[:, k] = torch.where(lse_tail.to(g.device) == -math.inf, 0.0, g[:, k])
+        g[:, k] = torch.where(lse_tail == -math.inf, 0.0, g[:, k])
     _support_chain(kernel, student, g, keep, lse, lse_tail, temperature, has_tail, out)
     inv_t = 1.0 / temperature
     total = g.sum(-1, keepdim=True, dtype=accumulate)
     # A row whose log-sum-exp or Σ g is not finite has a NaN gradient throughout (the core's rule,
     # kldiv.core.grads.softmax_chain_factor), its top entries too.
-    finite = torch.isfinite(lse).unsqueeze(-1).to(total.device) & torch.isfinite(total)
+    finite = torch.isfinite(lse).unsqueeze(-1) & torch.isfinite(total)
     total = torch.where(finite, total, math.nan)
     out.scatter_(1, indices, (-total * top.exp() * inv_t).to(out.dtype))
     out.scatter_add_(1, indices, (g[:, :k] * inv_t).to(out.dtype))

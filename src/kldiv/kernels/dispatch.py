@@ -83,7 +83,6 @@ class Request:
         y_true_grad: ``y_true`` (the teacher) needs a gradient.
         y_pred_grad: ``y_pred`` needs a gradient (torch, with autograd enabled).
         chunked: a chunked / fused-linear call (no size threshold).
-        sparse: a sparse top-k teacher (served by both kernels: :mod:`kldiv.fused._torch_sparse`).
         source: the arrays' library and device, for error messages.
     """
 
@@ -95,7 +94,6 @@ class Request:
     y_true_grad: bool = False
     y_pred_grad: bool = False
     chunked: bool = False
-    sparse: bool = False
     source: str = ""
 
 

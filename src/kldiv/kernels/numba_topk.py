@@ -56,6 +56,14 @@ def _shift(top):
     return top if np.isfinite(top) else like(top, 0.0)
 
 
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def _log_sum(shift, total):
+    """``shift + log(total)`` of a sum of exponentials: ``-inf`` for an empty sum, NaN for a NaN one."""
+    if total > 0:
+        return shift + math.log(total)
+    return math.nan if total != total else -math.inf
+
+
 @njit(fastmath=FASTMATH, cache=True, parallel=True, error_model="numpy")
 def _lse_kernel(u, mask, keep, inv_t, lse, lse_tail):
     rows, n = u.shape
@@ -82,7 +90,7 @@ def _lse_kernel(u, mask, keep, inv_t, lse, lse_tail):
                 block_tail += like(e, 0.0) if marks[j] != 0 else e
             total += block
             tail += block_tail
-        log_total = shift + math.log(total) if total > 0 else (math.nan if total != total else -math.inf)
+        log_total = _log_sum(shift, total)
         if not (tail >= TAIL_SMALLEST and np.isfinite(top)):
             # The tail's own maximum and sum (as the core's log-sum-exp of the tail).
             tail_top = minus_inf
@@ -96,7 +104,7 @@ def _lse_kernel(u, mask, keep, inv_t, lse, lse_tail):
                     e = fast_exp(row[j] * factor - shift)
                     block_tail += like(e, 0.0) if marks[j] != 0 else e
                 tail += block_tail
-        log_tail = shift + math.log(tail) if tail > 0 else (math.nan if tail != tail else -math.inf)
+        log_tail = _log_sum(shift, tail)
         lse[r] = log_total
         lse_tail[r] = log_tail
 
@@ -116,25 +124,22 @@ def _chain_kernel(u, g, keep, lse, lse_tail, inv_t, has_tail, grad):
             total += g[r, b]
         g_tail = g[r, buckets - 1] if has_tail else 0.0
         log_total, log_tail = lse[r], lse_tail[r]
+        tail_term = has_tail and log_tail != -math.inf  # no tail, or a tail without mass: no tail term
         if not (np.isfinite(log_total) and np.isfinite(total)):  # NaN / +inf logits, an infinite Σ g
             for j in span(0, n):
                 out[j] = like(row[0], math.nan)
-        elif not has_tail or log_tail == -math.inf:  # no tail, or a tail without mass: no tail term
-            shift = like(row[0], log_total)
-            scale = like(row[0], -total * inv_t)
-            for j in span(0, n):
-                out[j] = fast_exp(row[j] * factor - shift) * scale
-        elif log_total - log_tail <= TAIL_APART:
-            shift = like(row[0], log_total)
-            scale = like(row[0], (g_tail * math.exp(log_total - log_tail) - total) * inv_t)
-            for j in span(0, n):
-                out[j] = fast_exp(row[j] * factor - shift) * scale
-        else:
+        elif tail_term and log_total - log_tail > TAIL_APART:  # e^{L − L_t} would overflow
             shift, shift_tail = like(row[0], log_total), like(row[0], log_tail)
             scale, scale_tail = like(row[0], -total * inv_t), like(row[0], g_tail * inv_t)
             for j in span(0, n):
                 v = row[j] * factor
                 out[j] = fast_exp(v - shift_tail) * scale_tail + fast_exp(v - shift) * scale
+        else:
+            tail_factor = g_tail * math.exp(log_total - log_tail) if tail_term else 0.0
+            shift = like(row[0], log_total)
+            scale = like(row[0], (tail_factor - total) * inv_t)
+            for j in span(0, n):
+                out[j] = fast_exp(row[j] * factor - shift) * scale
 
 
 def support_lse(

@@ -57,7 +57,8 @@ def estimate_bytes(impl: str, bt: int, hidden: int, vocab: int, dtype: str, teac
     """A generous estimate of the peak resident memory of one CPU case process."""
     size = _itemsize(dtype)
     params = (bt * hidden + vocab * hidden) * size
-    teacher_bytes = bt * vocab * size if teacher == "logits" else params  # (a top-k teacher: formed once)
+    # A top-k teacher is formed from these dense inputs first (and dropped before the steps).
+    teacher_bytes = bt * vocab * size if teacher == "logits" else params
     grads = params if size >= 4 else params * 3  # bfloat16: float32 accumulators besides the result
     if impl.startswith("naive"):
         copies = NAIVE_LOGIT_COPIES[impl] + (1 if teacher == "hidden" else 0)
