@@ -17,6 +17,7 @@ from ..bench.fused_linear.accuracy import run_accuracy
 from ..bench.fused_linear.cases import IMPLS, TOPK_IMPLS, liger_jsd
 from ..bench.fused_linear.report import notes, tables
 from ..bench.fused_linear.run import (
+    ACCURACY_DEFAULT_IMPLS,
     ACCURACY_IMPLS,
     ACCURACY_SIZES,
     DEFAULT_IMPLS,
@@ -47,6 +48,7 @@ examples:
   kldiv bench fused-linear --sizes 1024x1024x32000 --dtypes float32
   kldiv bench fused-linear --grid --repeats 2 --json fused.json --markdown fused.md
   kldiv bench fused-linear --accuracy
+  kldiv bench fused-linear --accuracy --top-k 8,64     # + the sparse teacher vs float64
   kldiv bench fused-linear --sizes 4096x1024x32000 --top-k 32,128,512   # sparse teacher vs dense
   kldiv bench fused-linear --device cuda --grid      # + Liger-Kernel's fused linear JSD"""
 
@@ -87,7 +89,8 @@ def build_parser() -> Parser:
         type=arguments.argument(arguments.sizes("K", "128")),
         metavar="K,...",
         help="sparse-teacher cases: the teacher stored as its top K log-probabilities (e.g. 32,128,512); "
-        "runs naive-kl, kldiv-kl, naive-topk, kldiv-topk unless --impls says otherwise",
+        "runs naive-kl, kldiv-kl, naive-topk, kldiv-topk unless --impls says otherwise (with --accuracy "
+        "the JS pair too)",
     )
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument(
@@ -112,10 +115,11 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
     )
     dtypes = args.dtypes or list(GRID_DTYPES if args.grid or args.accuracy else ("float32",))
     top_k = [size[0] for size in args.top_k or []]
-    if top_k and args.accuracy:
-        raise ValueError("--top-k measures memory and time; drop --accuracy")
-    default = TOPK_DEFAULT_IMPLS if top_k else DEFAULT_IMPLS[args.device]
-    impls = args.impls or list(ACCURACY_IMPLS if args.accuracy else default)
+    if args.accuracy:
+        default = ACCURACY_IMPLS if top_k else ACCURACY_DEFAULT_IMPLS
+    else:
+        default = TOPK_DEFAULT_IMPLS if top_k else DEFAULT_IMPLS[args.device]
+    impls = args.impls or list(default)
     if not top_k and any(impl in TOPK_IMPLS for impl in impls):
         raise ValueError(f"--impls {','.join(TOPK_IMPLS)} need the teacher's k: add --top-k K,...")
     too_large = [k for k in top_k for size in sizes if k > size[2]]

@@ -108,14 +108,16 @@ def naive_loss(kind: str, inputs: dict[str, Any], compute_dtype: Any = None) -> 
 
 def naive_topk_loss(inputs: dict[str, Any]) -> Any:
     """The naive program of top-k distillation: the student's logits materialised, their log-softmax
-    (float32), coarsened to the teacher's ``k`` entries plus the tail bucket, forward KL, mean over
-    tokens (what a PyTorch user writes; kldiv's own formula is :func:`kldiv.core.topk.sparse_log_probs`)."""
+    (float32; float64 for float64 inputs), coarsened to the teacher's ``k`` entries plus the tail
+    bucket, forward KL, mean over tokens (what a PyTorch user writes; kldiv's own formula is
+    :func:`kldiv.core.topk.sparse_log_probs`)."""
     import torch
 
+    wide = torch.float64 if inputs["hidden"].dtype == torch.float64 else torch.float32
     indices = inputs["teacher_topk_indices"].long()
-    teacher = inputs["teacher_topk_values"].float()
+    teacher = inputs["teacher_topk_values"].to(wide)
     logits = inputs["hidden"] @ inputs["weight"].T
-    log_q = torch.log_softmax(logits.float(), dim=-1)
+    log_q = torch.log_softmax(logits.to(wide), dim=-1)
     student = log_q.gather(-1, indices)
     if indices.shape[-1] == log_q.shape[-1]:  # k = V: no tail (kldiv's convention)
         return (teacher.exp() * (teacher - student)).sum(-1).mean()

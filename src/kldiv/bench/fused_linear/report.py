@@ -38,7 +38,7 @@ def accuracy_table(report: dict[str, Any]) -> Table:
     keys = ("loss_rel_error", "grad_hidden_norm_rel_error", "grad_hidden_max_rel_error")
     keys += ("grad_weight_norm_rel_error", "grad_weight_max_rel_error")
     rows = [
-        [r["impl"], _size(r["size"]), r["dtype"], *(f"{r[key]:.1e}" for key in keys)]
+        [label_of(r), _size(r["size"]), r["dtype"], *(f"{r[key]:.1e}" for key in keys)]
         for r in report["accuracy"]
     ]
     title = "relative error vs the float64 naive program (norm-wise, elementwise max over |g64| > 1e-3 max)"

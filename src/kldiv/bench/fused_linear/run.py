@@ -38,7 +38,9 @@ TEACHERS = ("logits", "hidden")
 DEFAULT_IMPLS = {"cpu": ("naive-kl", "kldiv-kl"), "cuda": tuple(i for i in IMPLS if i not in TOPK_IMPLS)}
 TOPK_DEFAULT_IMPLS = ("naive-kl", "kldiv-kl", "naive-topk", "kldiv-topk")
 """The implementations of a ``--top-k`` run: the sparse teacher against the dense one."""
-ACCURACY_IMPLS = ("naive-kl", "kldiv-kl", "naive-jsd", "kldiv-jsd")
+ACCURACY_IMPLS = ("naive-kl", "kldiv-kl", "naive-jsd", "kldiv-jsd", "naive-topk", "kldiv-topk")
+ACCURACY_DEFAULT_IMPLS = ACCURACY_IMPLS[:4]
+"""Without ``--top-k``; with it the top-k pair too."""
 # (numerator, denominator) pairs of the ratio table.
 COMPARISONS = (
     ("kldiv-kl", "naive-kl"),
@@ -115,7 +117,7 @@ def run_benchmark(config: dict[str, Any], stream: TextIO = sys.stderr) -> dict[s
     results = []
     for bt, hidden, vocab in config["sizes"]:
         for dtype in config["dtypes"]:
-            for impl, k in _impl_cases(config):
+            for impl, k in impl_cases(config):
                 spec = {"impl": impl, "bt": bt, "hidden": hidden, "vocab": vocab, "dtype": dtype}
                 spec |= {key: config[key] for key in ("teacher", "device", "warmup", "repeats", "seed")}
                 if k is not None:
@@ -141,7 +143,7 @@ def run_benchmark(config: dict[str, Any], stream: TextIO = sys.stderr) -> dict[s
     }
 
 
-def _impl_cases(config: dict[str, Any]) -> list[tuple[str, int | None]]:
+def impl_cases(config: dict[str, Any]) -> list[tuple[str, int | None]]:
     """``(impl, k)`` of each case of one size and dtype: the top-k impls once per ``k``."""
     cases = []
     for impl in config["impls"]:

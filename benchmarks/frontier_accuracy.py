@@ -1,0 +1,207 @@
+"""Largest error against float64 of each path of issue #17 (LLM distillation frontier), float32 inputs.
+
+Each case runs a kldiv loss on float32 tensors and the same program written out by hand in float64
+(logits materialised, the logit map, ``log_softmax``, the divergence; top-k: the coarsened
+distributions with the tail bucket), and prints ``max |kldiv − float64|`` of the loss and of every
+gradient relative to the largest float64 entry (``max |g − g64| / max |g64|``), per case and the
+largest over all of them. Small sizes (BT = 64, H = 32, V = 1000): this measures the arithmetic,
+not the speed (``kldiv bench fused-linear`` does that).
+
+    python benchmarks/frontier_accuracy.py            # CPU: Numba kernels and the autograd path
+    TRITON_INTERPRET=1 python benchmarks/frontier_accuracy.py --triton   # the Triton kernels too
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import kldiv.torch as kt
+from kldiv.fused import _torch_chunks
+from kldiv.fused.torch import topk_teacher
+
+BT, H, V, K = 64, 32, 1000, 32
+
+
+def _divergence64(log_p: torch.Tensor, log_q: torch.Tensor, direction: str, beta: float | None):
+    """Per-row divergence of teacher ``log_p`` and student ``log_q`` (last axis), float64."""
+
+    def kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(a > -math.inf, a.exp() * (a - b), 0.0).sum(-1)
+
+    if beta is not None:
+        log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log(1 - beta))
+        return beta * kl(log_p, log_m) + (1 - beta) * kl(log_q, log_m)
+    if direction == "forward":
+        return kl(log_p, log_q)
+    if direction == "reverse":
+        return kl(log_q, log_p)
+    return kl(log_p, log_q) + kl(log_q, log_p)
+
+
+def _softcap(z: torch.Tensor, cap: float | None, scale: float | None) -> torch.Tensor:
+    z = z * (scale or 1.0)
+    return z if cap is None else cap * torch.tanh(z / cap)
+
+
+def _tail(log_s: torch.Tensor, indices: torch.Tensor, values: torch.Tensor):
+    """Teacher and student over the ``k`` entries + tail bucket (``"log_probs"`` values)."""
+    student = log_s.gather(-1, indices)
+    student_tail = torch.logsumexp(log_s.scatter(-1, indices, -math.inf), -1, keepdim=True)
+    teacher_tail = torch.log1p(-values.exp().sum(-1, keepdim=True).clamp(max=1.0))
+    return torch.cat([values, teacher_tail], -1), torch.cat([student, student_tail], -1)
+
+
+def _inputs(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "hidden": torch.randn(BT, H, generator=g),
+        "weight": torch.randn(V, H, generator=g) * H**-0.5 * 3,
+        "bias": torch.randn(V, generator=g),
+        "teacher": torch.randn(BT, V, generator=g) * 3,
+        "labels": torch.where(
+            torch.rand(BT, generator=g) < 0.2, -100, torch.randint(0, V, (BT,), generator=g)
+        ),
+    }
+
+
+def _errors(loss: torch.Tensor, grads: list[torch.Tensor], loss64, grads64) -> dict[str, float]:
+    out = {"loss": abs(float(loss) - float(loss64)) / max(abs(float(loss64)), 1e-30)}
+    for name, g, g64 in zip(("hidden", "weight", "bias"), grads, grads64, strict=True):
+        scale = float(g64.abs().max())
+        out[f"grad_{name}"] = float((g.double() - g64).abs().max()) / max(scale, 1e-30)
+    return out
+
+
+Case = tuple[str, Callable[[dict[str, Any]], Any], Callable[[dict[str, Any]], Any]]
+
+
+def _fused_case(name: str, backend: str, divergence: dict[str, Any], maps: dict[str, Any], topk: str | None):
+    """A case: kldiv's fused loss and its float64 program, on the same inputs."""
+    temperature = divergence.get("temperature", 1.0)
+    direction, beta = divergence.get("direction", "forward"), divergence.get("beta")
+
+    def run(x: dict[str, Any]) -> Any:
+        cls = kt.FusedLinearJSDivergence if beta is not None else kt.FusedLinearKLDivergence
+        options = {k: v for k, v in divergence.items() if k != "beta" or beta is not None}
+        if beta is None:
+            options.pop("beta", None)
+        loss_fn = cls(
+            reduction="token_mean",
+            backend=backend,
+            teacher_topk_format=topk or "log_probs",
+            **maps,
+            **options,
+        )
+        teacher = {"teacher_logits": x["teacher"]}
+        if topk == "log_probs":
+            indices, values = topk_teacher(
+                x["teacher"], k=K, temperature=temperature, teacher_softcap=maps.get("teacher_softcap")
+            )
+            teacher = {"teacher_topk_indices": indices, "teacher_topk_values": values}
+            x["stored"] = (indices, values)
+        arrays = _torch_chunks.DEVICE_ARRAYS["cpu"]
+        # the test hook that sends CPU chunks to the Triton kernel (its interpreter)
+        _torch_chunks.DEVICE_ARRAYS["cpu"] = "cuda" if backend == "triton" else "torch"
+        try:
+            return loss_fn(x["hidden"], x["weight"], x["bias"], labels=x["labels"], **teacher)
+        finally:
+            _torch_chunks.DEVICE_ARRAYS["cpu"] = arrays
+
+    def reference(x: dict[str, Any]) -> Any:
+        s = _softcap(
+            x["hidden"] @ x["weight"].T + x["bias"],
+            maps.get("student_softcap"),
+            maps.get("student_logit_scale"),
+        )
+        log_q = torch.log_softmax(s / temperature, -1)
+        if topk == "log_probs":
+            indices, values = x["stored"]
+            log_p, log_q = _tail(log_q, indices.long(), values.double())
+        else:
+            t = _softcap(x["teacher"], maps.get("teacher_softcap"), maps.get("teacher_logit_scale"))
+            log_p = torch.log_softmax(t / temperature, -1)
+        per_token = _divergence64(log_p, log_q, direction, beta)
+        if divergence.get("scale_by_temperature_squared"):
+            per_token = per_token * temperature**2
+        kept = x["labels"] != -100
+        return per_token[kept].sum() / kept.sum()
+
+    return name, run, reference
+
+
+def cases(backends: list[str]) -> list[Case]:
+    out = []
+    for backend in backends:
+        for direction in ("forward", "reverse", "symmetric"):
+            out.append(
+                _fused_case(
+                    f"{backend} dense KL {direction} T=2",
+                    backend,
+                    {"direction": direction, "temperature": 2.0},
+                    {},
+                    None,
+                )
+            )
+        out.append(_fused_case(f"{backend} dense JS beta=0.3", backend, {"beta": 0.3}, {}, None))
+        maps = {"student_softcap": 5.0, "teacher_softcap": 4.0, "student_logit_scale": 1.5}
+        out.append(_fused_case(f"{backend} softcap + logit scale KL", backend, {}, maps, None))
+        out.append(_fused_case(f"{backend} softcap JS", backend, {"beta": 0.5}, maps, None))
+        for direction in ("forward", "reverse"):
+            out.append(
+                _fused_case(
+                    f"{backend} top-{K} log_probs KL {direction}",
+                    backend,
+                    {"direction": direction},
+                    {},
+                    "log_probs",
+                )
+            )
+        out.append(_fused_case(f"{backend} top-{K} log_probs JS", backend, {"beta": 0.5}, {}, "log_probs"))
+    return out
+
+
+def measure(case: Case, seed: int = 0) -> dict[str, float]:
+    _, run, reference = case
+    x = _inputs(seed)
+    leaves = [x[k].requires_grad_() for k in ("hidden", "weight", "bias")]
+    loss = run(x)
+    grads = torch.autograd.grad(loss, leaves)
+    x64 = {
+        k: (v.detach().double().requires_grad_() if k in ("hidden", "weight", "bias") else v)
+        for k, v in x.items()
+    }
+    x64["teacher"] = x["teacher"].double()
+    leaves64 = [x64[k] for k in ("hidden", "weight", "bias")]
+    loss64 = reference(x64)
+    grads64 = torch.autograd.grad(loss64, leaves64)
+    return _errors(loss.detach(), grads, loss64.detach(), grads64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--triton", action="store_true", help="also the Triton kernels (set TRITON_INTERPRET=1 on CPU)"
+    )
+    args = parser.parse_args()
+    backends = ["numba", "core"] + (["triton"] if args.triton else [])
+    worst: dict[str, float] = {}
+    print(f"float32 inputs, BT={BT} H={H} V={V} k={K}; max |x − x64| / max |x64| (loss: relative)")
+    print(f"{'case':45s} {'loss':>9s} {'grad_h':>9s} {'grad_w':>9s} {'grad_b':>9s}")
+    for case in cases(backends):
+        errors = measure(case)
+        print(
+            f"{case[0]:45s} "
+            + " ".join(f"{errors[k]:9.1e}" for k in ("loss", "grad_hidden", "grad_weight", "grad_bias"))
+        )
+        for k, v in errors.items():
+            worst[k] = max(worst.get(k, 0.0), v)
+    print("largest: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+
+
+if __name__ == "__main__":
+    main()
