@@ -166,7 +166,7 @@ def test_torch_core_gradients_equal_float64_by_hand(cls, divergence, kind, maps)
     plain = cls(reduction="sum", **LOGITS, epsilon=0, backend="core", temperature=1.5, **kind)
     scale, cap = maps.get("student_logit_scale"), maps.get("student_softcap")
     z = raw * scale if scale is not None else raw
-    z = torch.where(z == -math.inf, z, torch.tanh(z / cap) * cap) if cap is not None else z
+    z = torch.where(z == -math.inf, -math.inf, torch.tanh(z / cap) * cap) if cap is not None else z
     mapped_t = torch.tensor(mapped_inputs(t, p, maps)[0])
     want = plain(mapped_t, z, mask=mask)
     (want_grad,) = torch.autograd.grad(want, raw)

@@ -69,11 +69,13 @@ def by_hand_value_and_grad(kind, maps, t, p, mask, temperature):
     def mapped(z, side):
         scale, cap = maps.get(f"{side}_logit_scale"), maps.get(f"{side}_softcap")
         z = z * scale if scale is not None else z
-        return torch.where(z == -torch.inf, z, torch.tanh(z / cap) * cap) if cap is not None else z
+        return torch.where(z == -torch.inf, -torch.inf, torch.tanh(z / cap) * cap) if cap is not None else z
 
     raw = torch.tensor(p, dtype=torch.float64, requires_grad=True)
     loss = loss_of(kind, {}, "core", "none", temperature)
-    values = loss(mapped(torch.tensor(t, dtype=torch.float64), "teacher"), mapped(raw, "student"))
+    keep = torch.tensor(mask)[:, None]  # masked rows: the safe constant 0 first, as the core does
+    teacher = torch.where(keep, torch.tensor(t, dtype=torch.float64), 0.0)
+    values = loss(mapped(teacher, "teacher"), mapped(torch.where(keep, raw, 0.0), "student"))
     values = torch.where(torch.tensor(mask), values, torch.zeros_like(values))
     upstream = torch.linspace(0.5, 1.5, values.numel(), dtype=torch.float64)
     (grad,) = torch.autograd.grad(values, raw, grad_outputs=upstream)
