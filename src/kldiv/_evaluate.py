@@ -91,7 +91,15 @@ def _core(options: Options, prepared: Prepared) -> Array:
         # Masked rows of both inputs become a safe constant first: no NaN in the backward pass.
         y_true = masking.mask_input(xp, y_true, options.y_true_format, keep, prepared.axis)
         y_pred = masking.mask_input(xp, y_pred, options.y_pred_format, keep, prepared.axis)
-    losses = divergence(xp, y_true, y_pred, axis=prepared.axis, **options.formula_arguments())
+    losses = divergence(
+        xp,
+        y_true,
+        y_pred,
+        axis=prepared.axis,
+        true_map=options.teacher_map,
+        pred_map=options.student_map,
+        **options.formula_arguments(),
+    )
     if options.loss_scale != 1.0:
         losses = losses * options.loss_scale
     if keep is not None:

@@ -25,6 +25,7 @@ any = ops.any
 clip = ops.clip
 exp = ops.exp
 log = ops.log
+tanh = ops.tanh
 isfinite = ops.isfinite
 isnan = ops.isnan
 logaddexp = ops.logaddexp

@@ -22,6 +22,7 @@ float16, bfloat16, float32, float64 = tf.float16, tf.bfloat16, tf.float32, tf.fl
 abs = tf.math.abs
 exp = tf.math.exp
 log = tf.math.log
+tanh = tf.math.tanh
 isfinite = tf.math.is_finite
 isnan = tf.math.is_nan
 logical_and = tf.math.logical_and

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import errors
 from .core.divergences import DIRECTIONS, FORMATS
+from .core.logit_maps import LogitMap
 from .core.reductions import ALL_REDUCTIONS, MEAN_REDUCTIONS
 from .kernels.dispatch import BACKENDS
 
@@ -101,6 +102,18 @@ def beta(value: object) -> float:
     if not 0.0 <= number <= 1.0:
         raise ValueError(errors.message("beta", "a float in [0, 1]", value))
     return number
+
+
+def logit_map(side: str, format_argument: str, fmt: str, scale: object, softcap: object) -> LogitMap:
+    """One side's logit map from its ``{side}_logit_scale`` / ``{side}_softcap`` options: positive
+    finite numbers or None (:class:`kldiv.core.logit_maps.LogitMap`'s rule), given only for a side in
+    ``"logits"`` (a map acts on logits, not on probabilities or log-probabilities)."""
+    for name, value in ((f"{side}_softcap", softcap), (f"{side}_logit_scale", scale)):
+        if value is not None and fmt != "logits":
+            raise ValueError(
+                errors.message(name, f"None unless {format_argument}='logits' (received {fmt!r})", value)
+            )
+    return LogitMap(scale, softcap, name=side)  # type: ignore[arg-type]  (it checks the values)
 
 
 def temperature(value: object) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
+from .options import LogitMapArguments as LogitMapArguments  # re-exported: the fused losses name it
 from .options import OptionArguments
 
 Array = Any
@@ -108,24 +109,7 @@ class TorchFusedArguments(TypedDict, total=False):
     return_stats: bool
 
 
-class LogitMapArguments(TypedDict, total=False):
-    """What the model does to its logits after the projection (:mod:`kldiv.core.logit_maps`), per side,
-    for the PyTorch chunked and fused-linear losses.
-
-    Keys:
-        student_softcap, teacher_softcap: Gemma's ``final_logit_softcapping`` ``c``: ``z → c·tanh(z / c)``.
-        student_logit_scale, teacher_logit_scale: Cohere's ``logit_scale`` ``s``: ``z → s·z`` (before a cap).
-    """
-
-    student_softcap: float | None
-    teacher_softcap: float | None
-    student_logit_scale: float | None
-    teacher_logit_scale: float | None
-
-
-class ChunkedArguments(
-    OptionArguments, TokenArguments, ChunkingArguments, LogitMapArguments, TorchFusedArguments, total=False
-):
+class ChunkedArguments(OptionArguments, TokenArguments, ChunkingArguments, TorchFusedArguments, total=False):
     """``kldiv.fused.torch.chunked_kl_divergence``: options, chunking, per-token weighting and a
     ``reduction``."""
 

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
 from . import _validate, errors
+from .core.logit_maps import LogitMap
 
 KERAS_EPSILON = 1e-7
 """Keras' ``backend.epsilon()``: the clip of Keras mode."""
@@ -49,6 +50,13 @@ class Options:
         validate: check the input values (eager only): no NaN, probabilities in ``[0, 1]`` summing
             to 1, log-probabilities whose ``logsumexp`` is 0, equal shapes.
         backend: ``"auto"``, ``"core"``, ``"numba"`` or ``"triton"`` (:mod:`kldiv.kernels.dispatch`).
+        student_softcap, student_logit_scale: the map ``φ(z) = c·tanh(s·z / c)`` (or ``s·z`` without a
+            cap) that the student's model applies to its logits after the output projection (Gemma's
+            ``final_logit_softcapping`` ``c``, Cohere's ``logit_scale`` ``s``;
+            :mod:`kldiv.core.logit_maps`), applied to ``y_pred`` before the temperature, gradients
+            through it; a logit of ``−inf`` stays ``−inf``. None: not applied. Only for
+            ``y_pred_format="logits"``.
+        teacher_softcap, teacher_logit_scale: the same for ``y_true`` (``y_true_format="logits"``).
     """
 
     y_true_format: str = "probs"
@@ -63,6 +71,10 @@ class Options:
     ignore_index: int = -100
     validate: bool = False
     backend: str = "auto"
+    student_softcap: float | None = None
+    teacher_softcap: float | None = None
+    student_logit_scale: float | None = None
+    teacher_logit_scale: float | None = None
 
     @classmethod
     def create(
@@ -81,9 +93,19 @@ class Options:
         ignore_index: int = -100,
         validate: bool = False,
         backend: str = "auto",
+        student_softcap: float | None = None,
+        teacher_softcap: float | None = None,
+        student_logit_scale: float | None = None,
+        teacher_logit_scale: float | None = None,
     ) -> Options:
         """Validate and build; raises ``ValueError`` / ``TypeError`` naming the bad argument."""
         true_format, pred_format = _validate.formats(y_true_format, y_pred_format, from_logits)
+        student = _validate.logit_map(
+            "student", "y_pred_format", pred_format, student_logit_scale, student_softcap
+        )
+        teacher = _validate.logit_map(
+            "teacher", "y_true_format", true_format, teacher_logit_scale, teacher_softcap
+        )
         if epsilon is None:
             epsilon = KERAS_EPSILON if true_format == pred_format == "probs" else 0.0
         return cls(
@@ -101,6 +123,10 @@ class Options:
             ignore_index=_validate.integer("ignore_index", ignore_index),
             validate=_validate.flag("validate", validate),
             backend=_validate.backend(backend),
+            student_softcap=student.softcap,
+            teacher_softcap=teacher.softcap,
+            student_logit_scale=student.scale,
+            teacher_logit_scale=teacher.scale,
         )
 
     @classmethod
@@ -143,7 +169,10 @@ class Options:
 
     def formula_arguments(self) -> dict[str, Any]:
         """The keyword arguments of the per-sample formula — :func:`kldiv.core.divergences.divergence`
-        and the kernels' ``fused_rows`` / ``fused_rows_triton``, which must equal it."""
+        and the kernels' ``fused_rows`` / ``fused_rows_triton``, which must equal it — on inputs
+        that went through the logit maps already (:attr:`student_map`, :attr:`teacher_map`: the
+        core's ``divergence`` takes them as ``pred_map`` / ``true_map``, the kernels' callers apply
+        them first)."""
         return {
             "true_format": self.y_true_format,
             "pred_format": self.y_pred_format,
@@ -159,6 +188,20 @@ class Options:
         path multiplies the per-sample divergence (and its gradient) by."""
         return self.temperature**2 if self.scale_by_temperature_squared else 1.0
 
+    def without_maps(self) -> Options:
+        """These options with no logit maps (for a caller that has applied them itself)."""
+        return dataclasses.replace(self, **dict.fromkeys(LOGIT_MAP_FIELDS))
+
+    @property
+    def student_map(self) -> LogitMap:
+        """The student's (``y_pred``'s) logit map φ (the identity when neither option is set)."""
+        return LogitMap(self.student_logit_scale, self.student_softcap, name="student")
+
+    @property
+    def teacher_map(self) -> LogitMap:
+        """The teacher's (``y_true``'s) logit map."""
+        return LogitMap(self.teacher_logit_scale, self.teacher_softcap, name="teacher")
+
     @property
     def divergence(self) -> str:
         """``"js"`` (``beta`` given), else the KL ``direction``."""
@@ -166,6 +209,8 @@ class Options:
 
 
 FIELDS = dataclasses.fields(Options)
+LOGIT_MAP_FIELDS = ("student_softcap", "teacher_softcap", "student_logit_scale", "teacher_logit_scale")
+"""The :class:`Options` fields of the two logit maps (:attr:`Options.student_map`, ``teacher_map``)."""
 
 _REFUSED = {
     "kl": {"beta": "no `beta` for a KL divergence (it selects the Jensen–Shannon divergence)"},
@@ -175,7 +220,22 @@ NOT_OPTIONS = {divergence: tuple(refused) for divergence, refused in _REFUSED.it
 """The :class:`Options` field a loss of each divergence does not take (the other one's parameter)."""
 
 
-class OptionArguments(TypedDict, total=False):
+class LogitMapArguments(TypedDict, total=False):
+    """What each model does to its logits after the projection (:mod:`kldiv.core.logit_maps`): options
+    of every loss whose side is given as logits (:class:`Options`).
+
+    Keys:
+        student_softcap, teacher_softcap: Gemma's ``final_logit_softcapping`` ``c``: ``z → c·tanh(z / c)``.
+        student_logit_scale, teacher_logit_scale: Cohere's ``logit_scale`` ``s``: ``z → s·z`` (before a cap).
+    """
+
+    student_softcap: float | None
+    teacher_softcap: float | None
+    student_logit_scale: float | None
+    teacher_logit_scale: float | None
+
+
+class OptionArguments(LogitMapArguments, total=False):
     """The keyword options of every kldiv loss, for ``**options: Unpack[OptionArguments]`` signatures
     (IDEs list them); meanings and defaults: :class:`Options` and :meth:`Options.create`."""
 

@@ -82,6 +82,21 @@ VOCAB_CASES: dict[str, tuple[str, dict[str, Any], Any, str, dict[str, Any]]] = {
     "js0.2_keras_T1.5_sum": ("js", {"beta": 0.2, "temperature": 1.5}, "sum", "extreme", {}),
     "js0.7_exact_inf_teacher_batchmean": ("js", {"epsilon": 0, "beta": 0.7}, "batchmean", "inf_teacher", {}),
     "js1_exact_sum": ("js", {"epsilon": 0, "beta": 1.0}, "sum", "normal", {}),
+    # Logit maps: element-wise on each shard; -inf slots stay -inf, logits of ~25 saturate a cap of 3.
+    "forward_exact_softcaps_inf_common_token_mean_mask": (
+        "kl",
+        {"epsilon": 0, "student_softcap": 3.0, "teacher_softcap": 5.0, "teacher_logit_scale": 0.7},
+        "token_mean",
+        "inf_common",
+        {"mask": True},
+    ),
+    "js0.3_keras_softcap_scale_T2_sum": (
+        "js",
+        {"beta": 0.3, "temperature": 2.0, "student_softcap": 3.0, "student_logit_scale": 1.3},
+        "sum",
+        "extreme",
+        {},
+    ),
 }
 
 

@@ -147,6 +147,26 @@ VOCAB_CASES: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any]]] = {
         {"mask": "labels", "axis": 1},
     ),
     "forward_keras_none_upstream": ("kl", {}, "none", {"upstream": True}),
+    # Logit maps (soft cap, logit scale): element-wise, each rank maps its shard; -inf slots stay -inf,
+    # logits of ~25 saturate a cap of 3.
+    "forward_exact_softcaps_inf_common_token_mean_mask": (
+        "kl",
+        {"epsilon": 0, "student_softcap": 3.0, "teacher_softcap": 5.0, "teacher_logit_scale": 0.7},
+        "token_mean",
+        {"data": "inf_common", "mask": "mask"},
+    ),
+    "js0.3_keras_softcap_scale_extreme_T2_sum": (
+        "js",
+        {"beta": 0.3, "temperature": 2.0, "student_softcap": 3.0, "student_logit_scale": 1.3},
+        "sum",
+        {"data": "extreme"},
+    ),
+    "symmetric_exact_scale_axis1_none_upstream": (
+        "kl",
+        {"epsilon": 0, "direction": "symmetric", "student_logit_scale": 0.5, "axis": 1},
+        "none",
+        {"upstream": True, "axis": 1},
+    ),
 }
 
 

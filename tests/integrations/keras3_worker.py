@@ -276,9 +276,35 @@ def main() -> dict[str, Any]:
             ),
         ),
     }
+    capped = 2.0 * np.tanh(1.3 * logits.astype(np.float64) / 2.0)  # Gemma's cap of Cohere's scale, by hand
+    teacher_capped = 1.5 * np.tanh(TEACHER_LOGITS.astype(np.float64) / 1.5)
+    maps = {"student_softcap": 2.0, "student_logit_scale": 1.3, "teacher_softcap": 1.5}
+    direct["softcap_logits_T2"] = (
+        kldiv.keras.KLDivergence(
+            y_true_format="logits", from_logits=True, temperature=2.0, epsilon=0, **maps
+        ),
+        (TEACHER_LOGITS, logits),
+        reference.divergence(
+            teacher_capped, capped, true_format="logits", pred_format="logits", temperature=2.0
+        ),
+    )
     out["direct_options"] = {
         name: max_diff(numpy(loss(*inputs)), float(np.mean(expected)))
         for name, (loss, inputs, expected) in direct.items()
+    }
+    # A soft-capped loss serializes (get_config / from_config, and inside a saved .keras model).
+    softcap = kldiv.keras.JSDivergence(y_true_format="logits", from_logits=True, **maps)
+    softcap_config = softcap.get_config()
+    restored = kldiv.keras.JSDivergence.from_config(softcap_config)
+    out["softcap_config"] = {
+        "maps": {key: softcap_config.get(key) for key in (*maps, "teacher_logit_scale")},
+        "round_trip": restored.get_config() == softcap_config,
+        "same_value": float(numpy(restored(TEACHER_LOGITS, logits)))
+        == float(numpy(softcap(TEACHER_LOGITS, logits))),
+        "serialized": keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(softcap)
+        ).get_config()
+        == softcap_config,
     }
 
     lap("direct_options")

@@ -77,7 +77,9 @@ def test_reduction_spellings(report: dict[str, Any]) -> None:
     assert report["reductions"]["unknown_raises"]
 
 
-@pytest.mark.parametrize("case", ["reverse_keras_eps", "log_probs_exact", "jsd_logits_T3"])
+@pytest.mark.parametrize(
+    "case", ["reverse_keras_eps", "log_probs_exact", "jsd_logits_T3", "softcap_logits_T2"]
+)
 def test_direct_calls_equal_float64(report: dict[str, Any], case: str) -> None:
     assert report["direct_options"][case]["rel"] <= OPTIONS
 
@@ -88,6 +90,17 @@ def test_config_holds_every_option(report: dict[str, Any]) -> None:
     assert config["dtype"] == "mixed_bfloat16"
     assert config["round_trip"]
     assert config["registered_name"] == "kldiv>KLDivergence"
+
+
+def test_softcap_loss_serializes(report: dict[str, Any]) -> None:
+    softcap = report["softcap_config"]
+    assert softcap["maps"] == {
+        "student_softcap": 2.0,
+        "student_logit_scale": 1.3,
+        "teacher_softcap": 1.5,
+        "teacher_logit_scale": None,
+    }
+    assert softcap["round_trip"] and softcap["same_value"] and softcap["serialized"]
 
 
 def test_symbolic_keras_tensors(report: dict[str, Any]) -> None:

@@ -17,7 +17,16 @@ def report(worker: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    "case", ["default", "exact_symmetric", "logits_T2", "reverse_mean", "sum_weighted", "jsd_exact"]
+    "case",
+    [
+        "default",
+        "exact_symmetric",
+        "logits_T2",
+        "reverse_mean",
+        "sum_weighted",
+        "jsd_exact",
+        "logits_softcap",
+    ],
 )
 def test_tf_tensors_eager_graph_and_xla(report: dict[str, Any], case: str) -> None:
     result = report["tf_tensors"][case]
@@ -65,6 +74,12 @@ def test_save_and_load_without_custom_objects(report: dict[str, Any], fmt: str) 
     assert saved["loss_type"] == "kldiv.tf_keras.KLDivergence"
     assert saved["config_equal"]
     assert saved["evaluate_diff"]["abs"] == 0.0
+
+
+def test_softcap_loss_serializes_and_equals_float64(report: dict[str, Any]) -> None:
+    softcap = report["save_load"]["softcap"]
+    assert softcap["config_equal"] and softcap["student_softcap"] == 2.0
+    assert softcap["vs_float64"]["rel"] <= 1e-5, softcap
 
 
 def test_config_holds_every_option(report: dict[str, Any]) -> None:

@@ -83,6 +83,13 @@ def tf_tensors() -> dict[str, Any]:
         "reverse_mean": {"direction": "reverse", "reduction": "mean"},
         "sum_weighted": {"reduction": "sum"},
         "jsd_exact": {"beta": 0.5, "epsilon": 0},
+        "logits_softcap": {
+            "from_logits": True,
+            "y_true_format": "logits",
+            "student_softcap": 2.0,
+            "teacher_softcap": 1.5,
+            "teacher_logit_scale": 0.8,
+        },
     }
     logits_inputs = (TEACHER_LOGITS, RNG.normal(size=(BATCH, 4)).astype("float32"))
     out: dict[str, Any] = {}
@@ -201,6 +208,25 @@ def save_load() -> dict[str, Any]:
                     loaded.evaluate(X, TARGETS, verbose=0), model.evaluate(X, TARGETS, verbose=0)
                 ),
             }
+    # A soft-capped loss: its config round trip, and its value against the float64 formula on logits
+    # capped by hand (then the divergence without maps).
+    maps = {"student_softcap": 2.0, "student_logit_scale": 1.3, "teacher_softcap": 1.5}
+    capped = kldiv.tf_keras.KLDivergence(y_true_format="logits", from_logits=True, epsilon=0, **maps)
+    restored = kldiv.tf_keras.KLDivergence.from_config(capped.get_config())
+    student = RNG.normal(size=(BATCH, 4)).astype("float32") * 4
+    by_hand = reference.divergence(
+        1.5 * np.tanh(TEACHER_LOGITS.astype(np.float64) / 1.5),
+        2.0 * np.tanh(1.3 * student.astype(np.float64) / 2.0),
+        true_format="logits",
+        pred_format="logits",
+    )
+    out["softcap"] = {
+        "config_equal": restored.get_config() == capped.get_config(),
+        "student_softcap": capped.get_config()["student_softcap"],
+        "vs_float64": max_diff(
+            restored(tf.constant(TEACHER_LOGITS), tf.constant(student)).numpy(), float(np.mean(by_hand))
+        ),
+    }
     config = kldiv.tf_keras.KLDivergence().get_config()
     out["missing_options"] = [
         field for field in kldiv.Options.__dataclass_fields__ if field != "beta" and field not in config

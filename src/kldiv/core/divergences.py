@@ -33,7 +33,9 @@ Two modes, chosen by ``epsilon``:
 Input formats: ``"probs"`` (probabilities), ``"log_probs"`` (natural-log probabilities) or
 ``"logits"`` (unnormalised, converted with a stable log-softmax along ``axis``). A probability is
 never formed just to take its log again. ``temperature`` ``T`` divides the log-probabilities or
-logits of both inputs, which are then renormalised: ``log_softmax(log x / T)``.
+logits of both inputs, which are then renormalised: ``log_softmax(log x / T)``. A side given as
+logits may first go through its model's logit map ``φ`` (:mod:`kldiv.core.logit_maps`: soft cap,
+logit scale): ``log_softmax(φ(z) / T)``, the gradient through ``φ`` by the namespace's autodiff.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import grads
+from .logit_maps import IDENTITY, LogitMap
 
 FORMATS = ("probs", "log_probs", "logits")
 DIRECTIONS = ("forward", "reverse", "symmetric")
@@ -222,6 +225,8 @@ def divergence(
     beta: float | None = None,
     temperature: float = 1.0,
     elementwise: bool = False,
+    true_map: LogitMap = IDENTITY,
+    pred_map: LogitMap = IDENTITY,
 ) -> Array:
     """Per-sample divergence of ``y_true`` (P) and ``y_pred`` (Q) along ``axis``
     (``elementwise=True``: the per-entry terms whose sum along ``axis`` it is, in the inputs' shape).
@@ -230,8 +235,21 @@ def divergence(
     KL(Q‖P), ``"symmetric"`` their sum); a ``beta`` in ``[0, 1]`` selects ``JS_β(P, Q)``. Inputs must
     share a floating dtype and broadcast together; the result has their broadcast shape without
     ``axis``. With the defaults this is the Keras program ``sum(t * log(t / p), axis)`` on clipped
-    probabilities.
+    probabilities. ``true_map`` / ``pred_map``: the logit map of a side given as ``"logits"``, applied
+    to it first (:class:`kldiv.core.logit_maps.LogitMap`; the identity by default).
     """
+    for argument, logit_map, fmt in (
+        ("true_map", true_map, true_format),
+        ("pred_map", pred_map, pred_format),
+    ):
+        if not logit_map.identity and fmt != "logits":
+            raise ValueError(
+                f"Argument `{argument}`: expected the identity for a side in {fmt!r}; received {logit_map}."
+            )
+    if not true_map.identity:
+        y_true = true_map.apply(xp, y_true)
+    if not pred_map.identity:
+        y_pred = pred_map.apply(xp, y_pred)
     if epsilon == 0 and tuple(y_true.shape) != tuple(y_pred.shape):
         y_true, y_pred = xp.broadcast_arrays(y_true, y_pred)
     p = Distribution(xp, y_true, true_format, axis=axis, epsilon=epsilon, temperature=temperature)

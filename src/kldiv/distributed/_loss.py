@@ -2,7 +2,8 @@
 and reduce the per-row values exactly as :class:`kldiv.KLDivergence` does.
 
 Preparation is kldiv's own (:func:`kldiv._prepare.prepare`: array namespace, compute dtype, the
-keep-mask from ``mask`` / ``labels``; masked rows are then replaced by a safe constant); the reduction is
+keep-mask from ``mask`` / ``labels``; masked rows are then replaced by a safe constant, and each side's logit
+map — soft cap, logit scale, element-wise — is applied to the local entries); the reduction is
 :func:`kldiv.core.reductions.reduce_weighted` on the per-row values, which are identical on every
 participant, so every participant returns the same loss.
 """
@@ -85,6 +86,11 @@ def prepare(loss: Any, teacher: Array, student: Array, **arguments: Unpack[CallA
         for argument, x in (("teacher_logits", teacher), ("student_logits", student)):
             # A shard is not a distribution: only the entry-wise checks apply.
             _validate.input_values(xp, argument, x, "logits", axis, prepared.output_dtype)
+    # The logit maps are element-wise: each participant maps its own entries (autodiff through them).
+    if not options.teacher_map.identity:
+        teacher = options.teacher_map.apply(xp, teacher)
+    if not options.student_map.identity:
+        student = options.student_map.apply(xp, student)
     last = len(student.shape) - 1
     if axis != last:
         teacher, student = xp.moveaxis(teacher, axis, -1), xp.moveaxis(student, axis, -1)

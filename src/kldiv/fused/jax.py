@@ -9,7 +9,10 @@ r"""Chunked and fused-linear divergences for JAX: ``lax.scan`` over token chunks
 Each chunk's divergence is kldiv's core on JAX arrays (the same formula as every other backend);
 ``jax.grad`` differentiates the scan, recomputing a chunk's logits in the backward pass instead of
 storing them. Works under ``jit``; gradients reach the student's hidden states, weight and bias,
-and the teacher's hidden states / weight when they are differentiated too.
+and the teacher's hidden states / weight when they are differentiated too. The logit maps
+(``student_softcap``, ``teacher_softcap``, ``student_logit_scale``, ``teacher_logit_scale``: kldiv
+options, :mod:`kldiv.core.logit_maps`) are applied to each chunk's logits by the core, before the
+temperature, and differentiated by ``jax.grad``; a sparse teacher's values are taken as they are.
 """
 
 from __future__ import annotations
@@ -105,11 +108,16 @@ def _fused(
         student = chunk["hidden"] @ weight.T + (0.0 if bias is None else bias)
         chunk_formats = chunk_options
         if "indices" in chunk:
+            # The student's logit map first; a sparse teacher's values are final (stored after its map).
+            student = options.student_map.apply(jnp, student)
             teacher, student = _sparse_log_probs(
                 student, chunk["indices"], chunk["values"], teacher_topk_format, options.temperature
             )
             chunk_formats = dataclasses.replace(
-                chunk_options, y_true_format="log_probs", y_pred_format="log_probs", temperature=1.0
+                chunk_options.without_maps(),
+                y_true_format="log_probs",
+                y_pred_format="log_probs",
+                temperature=1.0,
             )
         elif "logits" in chunk:
             teacher = chunk["logits"]
@@ -142,7 +150,8 @@ def fused_linear_kl_divergence(
     ``num_items``, ``reduction`` (``"auto"``, as every kldiv loss, is the mean over unmasked tokens),
     ``chunk_size``, ``memory_budget``, ``teacher_topk_format`` and kldiv's options, as
     :class:`kldiv.KLDivergence` (``direction``, ``epsilon`` — ``None``, the default, is exact mode for
-    these logits —, ``temperature``, ``scale_by_temperature_squared``, ``ignore_index``, ``dtype``)."""
+    these logits —, ``temperature``, ``scale_by_temperature_squared``, ``ignore_index``, ``dtype``,
+    ``student_softcap``, ``teacher_softcap``, ``student_logit_scale``, ``teacher_logit_scale``)."""
     return _fused(student_hidden, student_weight, student_bias, keywords, "kl")
 
 

@@ -4,7 +4,9 @@ The kernels work on ``[rows, n]`` views with the distribution axis last; inputs 
 ``axis`` are moved (one copy). Per-sample values come back in the compute dtype, shaped like the
 core's result, with ``T²`` applied when asked. Which kernel runs is the plan's
 (:func:`kldiv.kernels.dispatch.plan`): NumPy arrays always go to the Numba kernel, torch tensors to
-the one the plan names; each is imported on first use.
+the one the plan names; each is imported on first use. Logit maps (soft cap, logit scale) are applied
+to the inputs before the kernel (:mod:`kldiv.kernels.torch_function` for tensors, with the chain
+rule's factor on the gradient).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ def per_sample_numpy(
     batch_shape, n = p.shape[:-1], p.shape[-1]
     rows = math.prod(batch_shape)
     keep_rows = None if keep is None else np.broadcast_to(keep, batch_shape).reshape(rows)
+    if not options.teacher_map.identity:
+        t = np.ascontiguousarray(options.teacher_map.apply(np, t))
+    if not options.student_map.identity:
+        p = np.ascontiguousarray(options.student_map.apply(np, p))
     outside = np.empty(rows, dtype=np.uint8)
     values, _ = fused_rows(
         t.reshape(rows, n),

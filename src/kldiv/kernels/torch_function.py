@@ -12,6 +12,11 @@ Triton path always, as one multiply, since comparing would synchronise the GPU w
 second backward through the same graph (``retain_graph=True``, ``gradcheck``) cannot trust that
 buffer any more (autograd may have accumulated into it), so it recomputes the gradient with the
 kernel.
+
+A call with logit maps (:attr:`kldiv.Options.student_map` / ``teacher_map``: soft cap, logit scale)
+runs the kernel on the mapped logits ``φ(z)`` (formed here, in float32 or wider) and finishes the
+gradient with the chain rule's factor ``φ'(z)`` (:meth:`kldiv.core.logit_maps.LogitMap.derivative`;
+0 on masked rows), as the fused-linear chunks do: the kernels themselves know no maps.
 """
 
 from __future__ import annotations
@@ -36,6 +41,44 @@ def _fused_rows(
 
     ``coef`` scales each row's gradient: one number for every row, or a float64 tensor ``[rows]``.
     """
+    t, p, factor = _mapped(t, p, keep_rows, options)
+    values, grad = _kernel_rows(triton, t, p, coef, options, keep_rows, want_grad)
+    if grad is not None and factor is not None:
+        grad = grad.mul_(factor)  # ∂/∂z = ∂/∂φ(z) · φ'(z)
+    return values, grad
+
+
+def _mapped(
+    t: torch.Tensor, p: torch.Tensor, keep_rows: torch.Tensor | None, options: Any
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """``(φ_t(t), φ_p(p), φ_p'(p))`` for the options' logit maps (the inputs and None without maps);
+    float16 / bfloat16 inputs are mapped in float32. ``φ_p'`` is 0 on masked rows (whose raw logits
+    may be NaN or inf), a number for a scale alone."""
+    student, teacher = options.student_map, options.teacher_map
+    if student.identity and teacher.identity:
+        return t, p, None
+    if p.element_size() < 4:
+        t, p = t.float(), p.float()
+    t = t if teacher.identity else teacher.apply(torch, t).contiguous()
+    if student.identity:
+        return t, p, None
+    p = student.apply(torch, p).contiguous()
+    factor = student.derivative(torch, p)
+    if isinstance(factor, torch.Tensor) and keep_rows is not None:
+        factor = factor.masked_fill_(~keep_rows.bool().unsqueeze(-1), 0.0)
+    return t, p, factor
+
+
+def _kernel_rows(
+    triton: bool,
+    t: torch.Tensor,
+    p: torch.Tensor,
+    coef: float | torch.Tensor,
+    options: Any,
+    keep_rows: torch.Tensor | None,
+    want_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The kernel's ``(values, grad)`` (see :func:`_fused_rows`)."""
     rows = p.shape[0]
     if triton:
         from .triton import fused_rows_triton
@@ -124,6 +167,8 @@ class FusedDivergence(torch.autograd.Function):
                 triton, t.reshape(rows, n), p.reshape(rows, n), upstream * squared_t, keep_rows, options, True
             )
         ctx.consumed = True
+        if grad.dtype != p.dtype:  # float16 / bfloat16 logits mapped in float32
+            grad = grad.to(p.dtype)
         grad = grad.reshape(moved_shape)
         if axis not in (-1, len(moved_shape) - 1):
             grad = torch.movedim(grad, -1, axis)
