@@ -103,10 +103,17 @@ class TorchFusedArguments(TypedDict, total=False):
         vocab_alignment: ``None``, ``"truncate_teacher"`` or ``"pad_student"`` for a dense teacher with
             more vocabulary entries than the student.
         return_stats: return ``(loss, stats)``, the per-token statistics of :mod:`kldiv.fused._torch_stats`.
+        weight_hard_loss, weight_soft_loss: ``loss = w_h · CE(student, labels) + w_s · divergence``, the
+            cross-entropy from the same chunks (:mod:`kldiv.fused._torch_hard`); defaults 0 and 1.
+        accumulation_dtype: the gradients' accumulation dtype: None, ``"float32"``, ``"float64"``,
+            ``"weight"``.
     """
 
     vocab_alignment: str | None
     return_stats: bool
+    weight_hard_loss: float
+    weight_soft_loss: float
+    accumulation_dtype: str | None
 
 
 class ChunkedArguments(OptionArguments, TokenArguments, ChunkingArguments, TorchFusedArguments, total=False):

@@ -10,7 +10,8 @@ r"""Liger-Kernel's fused-linear JSD losses with their signatures, computed by kl
   compiled=True, chunk_size=1024, return_soft_hard_loss=False)``, called ``(student_input,
   student_weight, teacher_input, teacher_weight, true_labels, student_bias=None, teacher_bias=None)``:
   ``weight_hard_loss · CE(student, labels) + weight_soft_loss · JSD_β`` (the cross-entropy at
-  temperature 1), both sums divided by the kept tokens (at least 1).
+  temperature 1, computed in the divergence's chunked pass), both sums divided by the kept tokens (at
+  least 1).
 
 β as Liger means it (:func:`kldiv.compat.divergence_for_beta`). Differences, on purpose: teacher and
 student vocabularies must be equal (Liger pads a smaller student with logits 0, which gives the
@@ -29,13 +30,20 @@ from . import divergence_for_beta
 torch = require("torch", "kldiv.compat.liger")
 
 
-def _fused(beta: float, temperature: float, ignore_index: int, chunk_size: int | None) -> torch.nn.Module:
+def _fused(
+    beta: float, temperature: float, ignore_index: int, chunk_size: int | None, **weights: Any
+) -> torch.nn.Module:
     from ..fused.torch import FusedLinearJSDivergence, FusedLinearKLDivergence
 
     choice = divergence_for_beta(beta)
     loss_type = FusedLinearJSDivergence if choice.pop("divergence") == "js" else FusedLinearKLDivergence
     return loss_type(
-        reduction="sum", temperature=temperature, ignore_index=ignore_index, chunk_size=chunk_size, **choice
+        reduction="sum",
+        temperature=temperature,
+        ignore_index=ignore_index,
+        chunk_size=chunk_size,
+        **choice,
+        **weights,
     )
 
 
@@ -118,7 +126,16 @@ class LigerFusedLinearJSDLoss(torch.nn.Module):
             chunk_size,
             return_soft_hard_loss,
         )
-        self.loss = _fused(beta, temperature, ignore_index, chunk_size)
+        # Liger returns both terms even at weight 0: then the statistics of the pass give them.
+        self.loss = _fused(
+            beta,
+            temperature,
+            ignore_index,
+            chunk_size,
+            weight_hard_loss=self.weight_hard_loss,
+            weight_soft_loss=self.weight_soft_loss,
+            return_stats=return_soft_hard_loss,
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -136,11 +153,9 @@ class LigerFusedLinearJSDLoss(torch.nn.Module):
         student_bias: torch.Tensor | None = None,
         teacher_bias: torch.Tensor | None = None,
     ) -> Any:
-        from ..fused._torch_ce import cross_entropy_sum
-
         _check_vocab(student_weight, teacher_weight)
         count = _count(true_labels, student_input.shape[0], self.ignore_index)
-        soft = self.loss(
+        loss = self.loss(
             student_input,
             student_weight,
             student_bias,
@@ -149,17 +164,8 @@ class LigerFusedLinearJSDLoss(torch.nn.Module):
             teacher_bias=teacher_bias,
             labels=true_labels,
         )
-        soft = soft.float() / count
-        hard = soft.new_zeros(())
-        if self.weight_hard_loss or self.return_soft_hard_loss:  # Liger returns it even at weight 0
-            hard = cross_entropy_sum(
-                student_input,
-                student_weight,
-                student_bias,
-                true_labels,
-                ignore_index=self.ignore_index,
-                chunk_size=self.chunk_size,
-            )
-            hard = hard / count
-        loss = self.weight_hard_loss * hard + self.weight_soft_loss * soft
-        return (loss, soft, hard) if self.return_soft_hard_loss else loss
+        if not self.return_soft_hard_loss:
+            return loss.float() / count
+        loss, stats = loss
+        soft, hard = stats.per_token.sum() / count, stats.cross_entropy.sum() / count
+        return loss.float() / count, soft.float(), hard.float()

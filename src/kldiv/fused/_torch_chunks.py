@@ -30,6 +30,7 @@ from ..core.logit_maps import IDENTITY, LogitMap
 from ..core.reductions import token_weights
 from ..kernels import dispatch
 from ..options import Options
+from . import _torch_hard
 
 torch = require("torch", "kldiv.fused.torch")
 
@@ -37,6 +38,11 @@ torch = require("torch", "kldiv.fused.torch")
 # over the [V, H] weight (three products per chunk) cost more than the memory saved (measured at
 # V = 128256: BT = 512 took 1.03-1.13x the naive time with 196-row chunks, 0.96x with 512).
 MATMUL_MIN_ROWS = 512
+
+ACCUMULATION_DTYPES = (None, "float32", "float64", "weight")
+"""The parameter gradients' accumulation dtype: None (kldiv's rule: float32 for float16 / bfloat16
+inputs, float64 for float64), ``"float32"`` / ``"float64"``, or ``"weight"`` (each tensor's own dtype:
+half the gradient memory for bfloat16 parameters, rounded to bfloat16 after every chunk)."""
 
 DEVICE_ARRAYS = {"cpu": "torch", "cuda": "cuda"}
 """The :class:`kldiv.kernels.dispatch.Request` ``arrays`` of a device. Tests map ``"cpu"`` to
@@ -52,6 +58,8 @@ class _Config:
     kernel: str | None  # the plan's: "numba" (CPU), "triton" (CUDA) or None: autograd through the core
     student_map: LogitMap = IDENTITY  # the student's logit scale / soft cap, applied to each chunk
     teacher_map: LogitMap = IDENTITY  # the teacher's (not to a sparse teacher: its values are final)
+    soft: bool = True  # whether the divergence is computed (False: weight_soft_loss = 0, the CE alone)
+    accumulation: str | None = None  # the parameter gradients' dtype (see ACCUMULATION_DTYPES)
 
 
 @dataclass
@@ -136,24 +144,33 @@ def _run(
     keep: torch.Tensor,
     want: dict[str, bool],
     recorder: Any = None,
+    hard: Any = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """All chunks: per-token values ``[BT]`` (0 where masked) and the requested gradients of
-    ``Σ coef · values`` w.r.t. the inputs named in ``want`` (and each chunk's statistics into
-    ``recorder``)."""
+    ``Σ coef · values`` (``+ Σ hard.coef · CE`` with a :class:`kldiv.fused._torch_hard.HardLabels`
+    ``hard``, its values written into ``hard.values``) w.r.t. the inputs named in ``want`` (and each
+    chunk's statistics into ``recorder``)."""
     rows = coef.shape[0]
     values = torch.zeros(rows, dtype=coef.dtype, device=coef.device)
     grads: dict[str, torch.Tensor] = {}
     for name, tensor in vars(inputs).items():
         if want.get(name):
-            # Parameter gradients accumulate in float32; row gradients are written per chunk. Weights'
-            # are written by the first chunk's product (no zero fill, no read of zeros); biases add.
+            # Parameter gradients accumulate in the accumulation dtype; row gradients are written per
+            # chunk. Weights' are written by the first chunk's product (no zero fill); biases add.
             new = torch.zeros if rows == 0 or name.endswith("_bias") else torch.empty
-            grads[name] = new(tensor.shape, dtype=coef.dtype, device=tensor.device)
-    workspace = _Workspace(config, inputs, any(want.values()), recorder)
+            grads[name] = new(tensor.shape, dtype=_accumulation(config, tensor, coef), device=tensor.device)
+    workspace = _Workspace(config, inputs, any(want.values()), recorder, hard)
     for index, (start, stop) in enumerate(chunking.chunks(rows, config.rows_per_chunk)):
         chunk = slice(start, stop)
         _run_chunk(config, inputs, coef, keep, want, values, grads, chunk, workspace, first=index == 0)
     return values, grads
+
+
+def _accumulation(config: _Config, tensor: torch.Tensor, coef: torch.Tensor) -> torch.dtype:
+    """The dtype ``tensor``'s gradient is accumulated in (:data:`ACCUMULATION_DTYPES`)."""
+    if config.accumulation is None:
+        return coef.dtype
+    return tensor.dtype if config.accumulation == "weight" else getattr(torch, config.accumulation)
 
 
 class _Workspace:
@@ -161,8 +178,11 @@ class _Workspace:
     student's logits, which the kernels overwrite with their gradient, and the teacher's
     logits when they are formed from hidden states (given teacher logits are read in place)."""
 
-    def __init__(self, config: _Config, inputs: Inputs, want_grad: bool, recorder: Any = None) -> None:
+    def __init__(
+        self, config: _Config, inputs: Inputs, want_grad: bool, recorder: Any = None, hard: Any = None
+    ) -> None:
         self.recorder = recorder  # a _torch_stats.Recorder when the caller asked for statistics
+        self.hard = hard  # a _torch_hard.HardLabels when the loss has a cross-entropy term
         self.student = self.teacher = self.mask = None
         if config.kernel is None:
             return
@@ -241,13 +261,14 @@ def _chunk_by_numba(config, inputs, coef, keep, want, chunk, workspace):
 
     student = _wide(_student_logits(inputs, chunk, workspace.student).detach()).contiguous()
     student, factor = _map_student(config, student, keep[chunk])
+    want_grad = any(want.values())
+    pending = _torch_hard.prepare(workspace.hard, chunk, keep[chunk], student, want_grad)
     if inputs.topk_indices is not None:
-        return _sparse_by_kernel(config, inputs, coef, keep, want, chunk, workspace, student, factor)
+        return _sparse_by_kernel(config, inputs, coef, keep, want, chunk, workspace, student, factor, pending)
     teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype)
     teacher = config.teacher_map.apply(torch, teacher).contiguous()
     if workspace.recorder is not None:
         workspace.recorder.record(chunk, keep[chunk], student, teacher)
-    want_grad = any(want.values())
     out = _gradient_buffer(inputs, student, factor, workspace) if want_grad else None
     values, grad = fused_rows(
         teacher.numpy(),
@@ -258,8 +279,10 @@ def _chunk_by_numba(config, inputs, coef, keep, want, chunk, workspace):
         out=None if out is None else out.numpy(),
         **config.options.formula_arguments(),
     )
-    gradients = {} if grad is None else {"student": _chain(torch.from_numpy(grad), factor)}
-    return torch.from_numpy(values), gradients
+    if grad is None:
+        return torch.from_numpy(values), {}
+    grad = _torch_hard.add(workspace.hard, chunk, torch.from_numpy(grad), pending)
+    return torch.from_numpy(values), {"student": _chain(grad, factor)}
 
 
 def _chunk_by_triton(config, inputs, coef, keep, want, chunk, workspace):
@@ -270,15 +293,16 @@ def _chunk_by_triton(config, inputs, coef, keep, want, chunk, workspace):
 
     student = _student_logits(inputs, chunk, workspace.student).detach()
     student, factor = _map_student(config, student, keep[chunk])
+    want_grad = any(want.values())
+    pending = _torch_hard.prepare(workspace.hard, chunk, keep[chunk], student, want_grad)
     if inputs.topk_indices is not None:
         return _sparse_by_kernel(
-            config, inputs, coef, keep, want, chunk, workspace, student.contiguous(), factor
+            config, inputs, coef, keep, want, chunk, workspace, student.contiguous(), factor, pending
         )
     teacher = _teacher_logits(inputs, chunk, workspace.teacher).detach().to(student.dtype)
     teacher = config.teacher_map.apply(torch, teacher)
     if workspace.recorder is not None:
         workspace.recorder.record(chunk, keep[chunk], student, teacher)
-    want_grad = any(want.values())
     out = _gradient_buffer(inputs, student, factor, workspace) if want_grad else None
     values, grad = fused_rows_triton(
         teacher,
@@ -289,10 +313,12 @@ def _chunk_by_triton(config, inputs, coef, keep, want, chunk, workspace):
         out=out,
         **config.options.formula_arguments(),
     )
-    return values, {} if grad is None else {"student": _chain(grad, factor)}
+    if grad is None:
+        return values, {}
+    return values, {"student": _chain(_torch_hard.add(workspace.hard, chunk, grad, pending), factor)}
 
 
-def _sparse_by_kernel(config, inputs, coef, keep, want, chunk, workspace, student, factor):
+def _sparse_by_kernel(config, inputs, coef, keep, want, chunk, workspace, student, factor, pending=None):
     """Value and ∂/∂student-logits of one chunk of a sparse top-k teacher from the plan's kernel
     (:mod:`kldiv.fused._torch_sparse`), the gradient written over the chunk's logits buffer."""
     from ._torch_sparse import sparse_chunk
@@ -314,7 +340,23 @@ def _sparse_by_kernel(config, inputs, coef, keep, want, chunk, workspace, studen
         want_grad=want_grad,
         out=out,
     )
-    return values, {} if grad is None else {"student": _chain(grad, factor)}
+    if grad is None:
+        return values, {}
+    return values, {"student": _chain(_torch_hard.add(workspace.hard, chunk, grad, pending), factor)}
+
+
+def _chunk_hard_only(config, inputs, coef, keep, want, chunk, workspace):
+    """The cross-entropy alone (``weight_soft_loss = 0``): the divergence is not computed (the teacher
+    is not read), its values are 0."""
+    kept = keep[chunk]
+    student = _wide(_student_logits(inputs, chunk).detach()).contiguous()
+    student, factor = _map_student(config, student, kept)
+    want_grad = any(want.values())
+    pending = _torch_hard.prepare(workspace.hard, chunk, kept, student, want_grad)
+    values = torch.zeros(student.shape[0], dtype=coef.dtype, device=coef.device)
+    if pending is None:
+        return values, {}
+    return values, {"student": _chain(workspace.hard.onehot(chunk, pending), factor)}
 
 
 def _safe_rows(logits: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
@@ -345,9 +387,12 @@ def _chunk_by_autograd(config, inputs, coef, keep, want, chunk, workspace):
             workspace.recorder.record(chunk, kept, mapped, teacher, sparse, config.topk_format)
         per_token = _chunk_values(config, teacher, mapped, sparse)
         per_token = torch.where(kept, per_token, torch.zeros_like(per_token))
+        objective = (per_token * coef[chunk]).sum()
+        if workspace.hard is not None:
+            objective = objective + workspace.hard.autograd(chunk, kept, mapped).to(objective.dtype)
         if not any(want.values()):
             return per_token.detach(), {}
-        gradients = torch.autograd.grad((per_token * coef[chunk]).sum(), list(leaves.values()))
+        gradients = torch.autograd.grad(objective, list(leaves.values()))
     return per_token.detach(), dict(zip(leaves, gradients, strict=True))
 
 
@@ -366,7 +411,8 @@ def _add_matmul(accumulator: torch.Tensor, a: torch.Tensor, b: torch.Tensor, fir
 
 
 def _run_chunk(config, inputs, coef, keep, want, values, grads, chunk, workspace, first=False) -> None:
-    per_token, gradients = _COMPUTE[config.kernel](config, inputs, coef, keep, want, chunk, workspace)
+    compute = _COMPUTE[config.kernel] if config.soft else _chunk_hard_only
+    per_token, gradients = compute(config, inputs, coef, keep, want, chunk, workspace)
     values[chunk] = per_token
     for side, g in gradients.items():
         if want.get(f"{side}_logits"):
@@ -390,27 +436,37 @@ _NAMES = tuple(Inputs.__dataclass_fields__)
 
 class _FusedFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, config, coef, keep, recorder, *tensors):
+    def forward(ctx, config, coef, keep, recorder, hard, soft_weight, *tensors):
         inputs = Inputs(*tensors)
-        want = {n: bool(ctx.needs_input_grad[4 + i]) for i, n in enumerate(_NAMES)}
+        # Without the divergence (weight_soft_loss = 0) the teacher is not read: no gradient reaches it.
+        want = {
+            n: bool(ctx.needs_input_grad[6 + i]) and (config.soft or n[:7] == "student")
+            for i, n in enumerate(_NAMES)
+        }
         ctx.config, ctx.inputs, ctx.coef, ctx.keep, ctx.want = config, inputs, coef, keep, want
+        ctx.hard = hard
         scalar = config.reduction != "none"
-        values, grads = _run(config, inputs, coef, keep, want if scalar else {}, recorder)
+        values, grads = _run(config, inputs, coef, keep, want if scalar else {}, recorder, hard)
         if recorder is not None:
             recorder.per_token = values
         ctx.grads = grads
-        if not scalar:
-            return values * coef  # per token: mask, weight and T² applied
-        return (values * coef).sum()
+        # coef holds weight_soft_loss; a zero weight drops the divergence (no 0 · ∞ = NaN).
+        soft = values * coef if soft_weight else torch.zeros_like(values)
+        if not scalar:  # per token: mask, weight and T² applied
+            return soft if hard is None else soft + hard.per_token().to(soft.dtype)
+        return soft.sum() if hard is None else soft.sum() + hard.total().to(soft.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
         inputs, want = ctx.inputs, ctx.want
+        hard = ctx.hard
         if ctx.config.reduction == "none":
-            _, grads = _run(ctx.config, inputs, ctx.coef * grad_output.to(ctx.coef.dtype), ctx.keep, want)
+            upstream = grad_output.to(ctx.coef.dtype)
+            hard = None if hard is None else hard.scaled(upstream)
+            _, grads = _run(ctx.config, inputs, ctx.coef * upstream, ctx.keep, want, hard=hard)
         else:
             if ctx.grads is None:  # a second backward through a retained graph: compute them again
-                _, grads = _run(ctx.config, inputs, ctx.coef, ctx.keep, want)
+                _, grads = _run(ctx.config, inputs, ctx.coef, ctx.keep, want, hard=hard)
             else:
                 # Hand the stored gradients over (no reference kept), so that autograd can use them
                 # as the parameters' .grad without a copy.
@@ -423,15 +479,18 @@ class _FusedFunction(torch.autograd.Function):
         for name in _NAMES:
             tensor = getattr(inputs, name)
             out.append(grads[name].to(tensor.dtype) if name in grads else None)
-        return (None, None, None, None, *out)
+        return (None, None, None, None, None, None, *out)
 
 
-def _temporaries(kernel: str | None, inputs: Inputs, dtype: torch.dtype, maps: tuple[LogitMap, ...]) -> int:
+def _temporaries(
+    kernel: str | None, inputs: Inputs, dtype: torch.dtype, maps: tuple[LogitMap, ...], hard: bool = False
+) -> int:
     """Chunk-sized arrays (in units of the compute dtype's ``[c, V]``) at a kernel path's peak: the
     student's logits buffer, the teacher's when it is formed (both kernels write the gradient over
-    the logits), float32 copies of a float16 / bfloat16 gradient for the weight's accumulation, and
-    two per logit map (its output and its derivative, or a temporary of the map)."""
-    mapped = 2 * sum(not m.identity for m in maps)
+    the logits), float32 copies of a float16 / bfloat16 gradient for the weight's accumulation, two
+    per logit map (its output and its derivative, or a temporary of the map) and two for a
+    cross-entropy term (its ``softmax`` and a float32 copy of narrow logits)."""
+    mapped = 2 * sum(not m.identity for m in maps) + 2 * hard
     if kernel is None:
         return chunking.AUTOGRAD_TEMPORARIES + mapped
     count = 1 + (inputs.teacher_hidden is not None)  # given student logits: the buffer holds the gradient
@@ -467,13 +526,19 @@ def loss(
     student_map: LogitMap = IDENTITY,
     teacher_map: LogitMap = IDENTITY,
     recorder: Any = None,
+    weight_hard_loss: float = 0.0,
+    weight_soft_loss: float = 1.0,
+    accumulation_dtype: str | None = None,
 ) -> torch.Tensor:
     """The reduced (or, for ``"none"``, per-token) loss of ``inputs``, chunk by chunk, in the
     accumulation dtype (float64 for float64 inputs, else float32). ``tokens``: the call's
     ``labels``, ``mask``, ``sample_weight``, ``num_items`` (:class:`kldiv.arguments.TokenArguments`).
     ``student_map`` / ``teacher_map``: the logit maps applied to each chunk's logits (not to a
     sparse teacher's values). ``recorder``: a :class:`kldiv.fused._torch_stats.Recorder` filled with
-    the per-token statistics (``recorder.per_token`` holds the per-token values afterwards)."""
+    the per-token statistics (``recorder.per_token`` holds the per-token values afterwards; with
+    ``labels`` its ``cross_entropy`` too). ``weight_hard_loss`` / ``weight_soft_loss``: the
+    cross-entropy term's and the divergence's weights (:mod:`kldiv.fused._torch_hard`; a soft weight
+    0 without a recorder skips the divergence). ``accumulation_dtype``: :data:`ACCUMULATION_DTYPES`."""
     source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
     rows, dtype, device = source.shape[0], source.dtype, source.device
     logits = inputs.student_logits
@@ -483,6 +548,22 @@ def loss(
     keep, coef = token_weights(
         xp, options, reduction, tokens, rows=rows, batch_size=batch_size, dtype=accumulate, device=device
     )
+    if weight_soft_loss != 1.0:
+        coef = coef * weight_soft_loss
+    hard = None
+    if weight_hard_loss or (recorder is not None and tokens.get("labels") is not None):
+        hard_coef = None
+        if weight_hard_loss:  # the reduction's coefficients without T² (the divergence's alone)
+            unit = dataclasses.replace(options, scale_by_temperature_squared=False)
+            _, hard_coef = token_weights(
+                xp, unit, reduction, tokens, rows=rows, batch_size=batch_size, dtype=accumulate, device=device
+            )
+            hard_coef = hard_coef * weight_hard_loss
+        labels = tokens.get("labels")
+        hard = _torch_hard.hard_labels(labels, keep, hard_coef, vocab=vocab, rows=rows, dtype=accumulate)
+        if recorder is not None:
+            recorder.names = (*recorder.names, "cross_entropy")
+            recorder.stats["cross_entropy"] = hard.values
     kernel = _kernel(options, inputs, dtype, device)
     config = _Config(
         options=dataclasses.replace(options, scale_by_temperature_squared=False, backend="core"),
@@ -493,12 +574,15 @@ def loss(
             memory_budget=memory_budget,
             chunk_size=chunk_size,
             bytes_per_element=max(4, torch.finfo(dtype).bits // 8),
-            temporaries=_temporaries(kernel, inputs, dtype, (student_map, teacher_map)),
+            temporaries=_temporaries(kernel, inputs, dtype, (student_map, teacher_map), hard is not None),
             minimum_rows=MATMUL_MIN_ROWS if inputs.student_logits is None else 1,
         ),
         topk_format=topk_format,
         kernel=kernel,
         student_map=student_map,
         teacher_map=teacher_map,
+        soft=bool(weight_soft_loss) or recorder is not None,
+        accumulation=accumulation_dtype,
     )
-    return _FusedFunction.apply(config, coef, keep, recorder, *(getattr(inputs, n) for n in _NAMES))
+    tensors = (getattr(inputs, n) for n in _NAMES)
+    return _FusedFunction.apply(config, coef, keep, recorder, hard, weight_soft_loss, *tensors)

@@ -6,7 +6,8 @@ The naive program these functions equal (``y_true`` = teacher, ``y_pred`` = stud
     teacher_logits = teacher_hidden @ teacher_weight.T + teacher_bias      # or given, or sparse top-k
     per_token = kldiv.kl_divergence(teacher_logits, student_logits,
                                     y_true_format="logits", from_logits=True, **options)
-    loss = reduce(per_token)                                               # "token_mean", "sum", ...
+    ce = F.cross_entropy(φ(student_logits), labels, reduction="none")      # with weight_hard_loss > 0
+    loss = weight_soft_loss * reduce(per_token) + weight_hard_loss * reduce(ce)  # "token_mean", "sum", ...
 
 The tokens are processed in chunks of ``c`` rows (:func:`kldiv.core.chunking.rows_per_chunk`, from a
 memory budget or ``chunk_size``) by :mod:`kldiv.fused._torch_chunks`: peak extra memory is one chunk
@@ -19,7 +20,7 @@ Options are kldiv's one option set (:class:`kldiv.Options`, the same names and d
 
 float16 / bfloat16 inputs: the divergence is computed in float32 (kldiv's rule) and the loss is
 returned in the input dtype (``dtype="float32"`` keeps float32); the parameter gradients are
-accumulated in float32 and returned in the parameters' dtype.
+accumulated in float32 and returned in the parameters' dtype (``accumulation_dtype=`` chooses).
 
 Sparse teacher (top-k): ``teacher_topk_indices [BT, k]`` with ``teacher_topk_values`` given as
 ``"log_probs"`` (their missing mass ``1 − Σ exp`` is the teacher's *tail bucket*, compared with the
@@ -72,6 +73,9 @@ _CHUNKING = (
     "teacher_logit_scale",
     "vocab_alignment",
     "return_stats",
+    "weight_hard_loss",
+    "weight_soft_loss",
+    "accumulation_dtype",
 )
 _FIXED = {
     "y_true_format": "logits",
@@ -99,9 +103,25 @@ class _Divergence(torch.nn.Module):
         teacher_logit_scale: float | None = None,
         vocab_alignment: str | None = None,
         return_stats: bool = False,
+        weight_hard_loss: float = 0.0,
+        weight_soft_loss: float = 1.0,
+        accumulation_dtype: str | None = None,
         **options: Unpack[OptionArguments],
     ) -> None:
         super().__init__()
+        self.weight_hard_loss = _weight("weight_hard_loss", weight_hard_loss)
+        self.weight_soft_loss = _weight("weight_soft_loss", weight_soft_loss)
+        if not (self.weight_hard_loss or self.weight_soft_loss):
+            raise ValueError(
+                "Arguments `weight_hard_loss`, `weight_soft_loss`: expected at least one positive; "
+                "received 0.0 and 0.0."
+            )
+        if accumulation_dtype not in _torch_chunks.ACCUMULATION_DTYPES:
+            raise ValueError(
+                f"Argument `accumulation_dtype`: expected one of {_torch_chunks.ACCUMULATION_DTYPES}; "
+                f"received {accumulation_dtype!r}."
+            )
+        self.accumulation_dtype = accumulation_dtype
         if vocab_alignment not in VOCAB_ALIGNMENTS:
             raise ValueError(
                 f"Argument `vocab_alignment`: expected one of {VOCAB_ALIGNMENTS}; "
@@ -165,12 +185,22 @@ class _Divergence(torch.nn.Module):
             student_map=self.student_map,
             teacher_map=self.teacher_map,
             recorder=recorder,
+            weight_hard_loss=self.weight_hard_loss,
+            weight_soft_loss=self.weight_soft_loss,
+            accumulation_dtype=self.accumulation_dtype,
         )
         dtype = getattr(torch, self.options.dtype) if self.options.dtype is not None else source.dtype
         value = value if value.dtype == dtype else value.to(dtype)
         if recorder is None:
             return value
         return value, recorder.result(recorder.per_token, lead)
+
+
+def _weight(name: str, value: Any) -> float:
+    """A term's weight: a finite number ≥ 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"Argument `{name}`: expected a finite number ≥ 0; received {value!r}.")
+    return float(value)
 
 
 class FusedLinearKLDivergence(_Divergence):
@@ -202,7 +232,24 @@ class FusedLinearKLDivergence(_Divergence):
         return_stats: return ``(loss, stats)``: a dict of detached per-token ``[BT]`` (or ``[B, T]``)
             tensors recorded in the same chunked pass (:mod:`kldiv.fused._torch_stats`): ``per_token``,
             ``student_lse``, ``teacher_lse``, ``student_entropy``; with a sparse teacher
-            ``teacher_mass``, ``student_mass``, ``topk_overlap`` instead of ``teacher_lse``.
+            ``teacher_mass``, ``student_mass``, ``topk_overlap`` instead of ``teacher_lse``; with
+            ``labels``, ``cross_entropy`` (``CE_t`` below, whatever ``weight_hard_loss``).
+        weight_hard_loss, weight_soft_loss: the loss is ``weight_hard_loss · CE + weight_soft_loss · D``
+            (Liger-Kernel's names; defaults 0 and 1: the divergence alone), ``D`` this loss's
+            divergence and ``CE`` the cross-entropy of the student with ``labels`` (required when
+            ``weight_hard_loss > 0``), ``CE_t = logsumexp(u_t) − u_t[label_t]`` with ``u`` the
+            student's logits after its logit map at temperature 1 (no ``T²``), each reduced by
+            ``reduction`` over the same kept tokens (Liger's normalisation with ``"token_mean"``:
+            both sums divided by the tokens whose label is not ``ignore_index``). It is computed from
+            the divergence's chunk, its gradient ``softmax(u) − onehot`` added into the chunk's
+            ``∂/∂logits`` before the products back to the hidden states and weights: no second pass
+            over the head (:mod:`kldiv.fused._torch_hard`). ``weight_soft_loss=0`` computes the
+            cross-entropy alone and the teacher may then be omitted (unless ``return_stats``).
+        accumulation_dtype: the dtype the gradients of the hidden states, weights and biases are
+            accumulated in across chunks, cast to each tensor's dtype once at the end: None (default,
+            kldiv's rule: float32 for float16 / bfloat16 tensors, float64 for float64), ``"float32"``,
+            ``"float64"`` or ``"weight"`` (each tensor's own dtype: half the gradient memory for
+            bfloat16 parameters, at bfloat16 precision — Liger's ``accum_dtype=None``).
 
     Call ``loss(student_hidden, student_weight, student_bias=None, *, teacher_logits=... |
     teacher_hidden=..., teacher_weight=..., teacher_bias=... | teacher_topk_indices=...,
@@ -233,7 +280,8 @@ class FusedLinearKLDivergence(_Divergence):
                 f"shape {tuple(student_bias.shape)}. The teacher is keyword-only: pass "
                 "`teacher_logits=...` (or `teacher_hidden=`, `teacher_topk_indices=`)."
             )
-        form = teacher_form(teacher)
+        given = any(value is not None for value in teacher.values())
+        form = teacher_form(teacher) if given or self.weight_soft_loss or self.return_stats else None
         if student_weight.shape[-1] != hidden.shape[-1]:
             raise ValueError(
                 f"Argument `student_weight`: expected shape [V, {hidden.shape[-1]}] to match the hidden "
@@ -244,7 +292,7 @@ class FusedLinearKLDivergence(_Divergence):
             teacher_vocab = teacher_logits.shape[-1]
         elif form == "teacher_hidden":
             teacher_vocab = teacher_weight.shape[0]
-        if form != "teacher_topk_indices" and teacher_vocab != vocab:
+        if form in ("teacher_logits", "teacher_hidden") and teacher_vocab != vocab:
             aligned = self._align(student_weight, student_bias, teacher_vocab, form)
             student_weight, student_bias, vocab = aligned
             if self.vocab_alignment == "truncate_teacher":
@@ -257,7 +305,7 @@ class FusedLinearKLDivergence(_Divergence):
         elif form == "teacher_hidden":
             inputs.teacher_hidden = teacher_hidden.reshape(rows, -1)
             inputs.teacher_weight, inputs.teacher_bias = teacher_weight, teacher_bias
-        else:
+        elif form is not None:
             inputs.topk_indices = teacher_topk_indices.reshape(rows, -1)
             inputs.topk_values = teacher_topk_values.reshape(rows, -1)
         return self._loss(inputs, tokens, batch_size, tuple(student_hidden.shape[:-1]))

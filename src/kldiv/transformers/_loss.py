@@ -10,10 +10,11 @@ The program :func:`distillation_loss` equals, written naively (``[B, T, V]`` log
     n = num_items_in_batch if given else keep.sum()
     loss = ((1 - alpha) * kd + alpha * ce) / n
 
-but forms neither model's logits: both run to their last hidden states, the divergence is computed
-chunk by chunk from the hidden states and the heads (:class:`kldiv.fused.torch.FusedLinearKLDivergence`,
-the models' soft cap and logit scale inside), and the cross-entropy term, when ``alpha > 0``, chunk by
-chunk under activation checkpointing (one chunk's logits at a time, recomputed in backward).
+but forms neither model's logits: both run to their last hidden states, and the divergence and, when
+``alpha > 0``, the cross-entropy are computed chunk by chunk from the hidden states and the heads in one
+pass (:class:`kldiv.fused.torch.FusedLinearKLDivergence` with ``weight_soft_loss = 1 − α`` and
+``weight_hard_loss = α``, the models' soft cap and logit scale inside). With ``alpha = 1`` the teacher
+is not run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._extras import require
-from ..fused._torch_ce import cross_entropy_sum
 from ..fused.torch import FusedLinearJSDivergence, FusedLinearKLDivergence, topk_teacher
 from . import _models
 from ._models import IGNORE_INDEX
@@ -125,27 +125,14 @@ def distillation_loss(
     if return_stats and alpha == 1.0:
         raise ValueError("Argument `return_stats`: the statistics are the divergence's; received alpha=1.")
     stats = None
-    if alpha < 1.0:
-        settings = (divergence, temperature, top_k, chunk_size, verify)
-        kd = _divergence_sum(
-            student, teacher, batch, student_head, hidden, keep, settings, options, return_stats
-        )
-        if return_stats:
-            kd, stats = kd
-            stats = type(stats)((name, value.reshape(shifted.shape)) for name, value in stats.items())
-        total = (1.0 - alpha) * kd.float()
-    else:  # the cross-entropy alone: the teacher is not run (0·KD would turn an infinite KD into NaN)
-        total = hidden.new_zeros((), dtype=torch.float32)
-    if alpha:
-        ce = cross_entropy_sum(
-            hidden,
-            student_head.weight,
-            student_head.bias,
-            labels,
-            logit_map=student_head.logit_map,
-            chunk_size=chunk_size,
-        )
-        total = total + alpha * ce
+    settings = (divergence, temperature, top_k, chunk_size, verify, alpha)
+    total = _fused_sum(
+        student, teacher, batch, student_head, hidden, labels, keep, settings, options, return_stats
+    )
+    if return_stats:
+        total, stats = total
+        stats = type(stats)((name, value.reshape(shifted.shape)) for name, value in stats.items())
+    total = total.float()
     count = keep.sum() if num_items_in_batch is None else num_items_in_batch
     if torch.is_tensor(count):
         count = count.to(total.device)
@@ -155,16 +142,18 @@ def distillation_loss(
     return loss if stats is None else (loss, stats)
 
 
-def _divergence_sum(
-    student, teacher, batch, student_head, hidden, keep, settings, options, return_stats
+def _fused_sum(
+    student, teacher, batch, student_head, hidden, labels, keep, settings, options, return_stats
 ) -> Any:
-    """``Σ`` over the kept tokens of the divergence of the teacher and the student (and, with
-    ``return_stats``, the fused pass's per-token statistics)."""
-    divergence, temperature, top_k, chunk_size, verify = settings
-    alignment = options.get("vocab_alignment")
-    teacher_arguments = _teacher(
-        teacher, batch, student_head, temperature, top_k, chunk_size, verify, alignment
-    )
+    """``Σ`` over the kept tokens of ``(1 − α)·KD + α·CE`` in one fused pass (and, with
+    ``return_stats``, its per-token statistics); with ``α = 1`` the teacher is not run."""
+    divergence, temperature, top_k, chunk_size, verify, alpha = settings
+    teacher_arguments = {"maps": {}}
+    if alpha < 1.0:
+        alignment = options.get("vocab_alignment")
+        teacher_arguments = _teacher(
+            teacher, batch, student_head, temperature, top_k, chunk_size, verify, alignment
+        )
     loss = DIVERGENCES[divergence](
         reduction="sum",
         chunk_size=chunk_size,
@@ -173,9 +162,12 @@ def _divergence_sum(
         student_logit_scale=student_head.logit_map.scale,
         **teacher_arguments.pop("maps"),
         return_stats=return_stats,
+        weight_hard_loss=alpha,
+        weight_soft_loss=1.0 - alpha,
         **options,
     )
-    return loss(hidden, student_head.weight, student_head.bias, mask=keep, **teacher_arguments)
+    head = (student_head.weight, student_head.bias)
+    return loss(hidden, *head, labels=labels if alpha else None, mask=keep, **teacher_arguments)
 
 
 def _teacher(
