@@ -317,3 +317,49 @@ def user_stacklevel() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def support(value: object, topk: object) -> tuple[str, int | None]:
+    """The ``support`` and ``topk`` settings of a chunked / fused-linear loss
+    (:func:`kldiv.core.topk.support_log_probs`), checked at construction.
+
+    Raises:
+        ValueError: an unknown support, a ``topk`` that is not a positive integer, or a student / union
+            support without ``topk`` (the support's size).
+    """
+    from .core.topk import SUPPORTS
+
+    if value not in SUPPORTS:
+        raise ValueError(f"Argument `support`: expected one of {SUPPORTS}; received {value!r}.")
+    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
+        raise ValueError(f"Argument `topk`: expected a positive integer or None; received {topk!r}.")
+    if value != "teacher" and topk is None:
+        raise ValueError(
+            f"Argument `support`: {value!r} compares the two models on the {value} top-k entries and needs "
+            "`topk=k` (the size of each top-k set) with a dense teacher; received topk=None."
+        )
+    return value, topk
+
+
+def support_teacher(value: str, topk: int | None, sparse: bool, vocab: int) -> None:
+    """A call's teacher against the ``support`` / ``topk`` settings (see :func:`support`).
+
+    Raises:
+        ValueError: a stored top-k teacher with ``support`` other than ``"teacher"`` (its values at the
+            student's entries are unknown) or with ``topk`` (its k is its indices' width), or a ``topk``
+            above the vocabulary size.
+    """
+    if sparse and value != "teacher":
+        raise ValueError(
+            f"Argument `support`: expected 'teacher' with a stored top-k teacher (teacher_topk_indices); "
+            f"received {value!r}. The {value} support needs the teacher's probabilities at entries it did "
+            "not store: pass a dense teacher (teacher_logits, or teacher_hidden with teacher_weight) and "
+            "`topk=k`."
+        )
+    if sparse and topk is not None:
+        raise ValueError(
+            f"Argument `topk`: expected None with a stored top-k teacher (its k is the width of "
+            f"teacher_topk_indices); received {topk!r}. `topk` reduces a dense teacher to a top-k support."
+        )
+    if topk is not None and topk > vocab:
+        raise ValueError(f"Argument `topk`: expected at most the vocabulary size {vocab}; received {topk}.")

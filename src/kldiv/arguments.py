@@ -96,6 +96,21 @@ class ChunkingArguments(TypedDict, total=False):
     teacher_topk_format: str
 
 
+class SupportArguments(TypedDict, total=False):
+    """On which entries a chunked / fused-linear loss compares a dense teacher with the student
+    (:func:`kldiv.core.topk.support_log_probs`).
+
+    Keys:
+        support: ``"teacher"`` (default: the teacher's top-k with ``topk``, else the whole vocabulary;
+            a stored top-k teacher's own k), ``"student"`` (the student's top-k) or ``"union"`` (both
+            sets, deduplicated); both sides are coarsened to the support plus a tail bucket.
+        topk: the size ``k`` of each top-k set (needed by ``"student"`` / ``"union"``; dense teachers only).
+    """
+
+    support: str
+    topk: int | None
+
+
 class TorchFusedArguments(TypedDict, total=False):
     """Settings of the PyTorch chunked and fused-linear losses only.
 
@@ -116,14 +131,16 @@ class TorchFusedArguments(TypedDict, total=False):
     accumulation_dtype: str | None
 
 
-class ChunkedArguments(OptionArguments, TokenArguments, ChunkingArguments, TorchFusedArguments, total=False):
+class ChunkedArguments(
+    OptionArguments, TokenArguments, ChunkingArguments, SupportArguments, TorchFusedArguments, total=False
+):
     """``kldiv.fused.torch.chunked_kl_divergence``: options, chunking, per-token weighting and a
     ``reduction``."""
 
     reduction: str
 
 
-class FusedArguments(OptionArguments, FusedCallArguments, ChunkingArguments, total=False):
+class FusedArguments(OptionArguments, FusedCallArguments, ChunkingArguments, SupportArguments, total=False):
     """``kldiv.fused.jax.fused_linear_kl_divergence``: everything of the module form in one call."""
 
     reduction: str

@@ -18,6 +18,10 @@ by ``d``, ``k = 8``, the scatter-free form ``log1mexp(−logsumexp(s[indices]))`
 3e-3 (d = 10) and ``inf`` (d = 20, the tail's mass below float32's resolution of 1) in float32, and
 by ``inf`` at d = 40 in float64; a mask built by comparing column numbers with each index is exact
 but 12× slower than the scatter at k = 64, so the scatter stays.
+
+A *dense* teacher can be compared on another support (:func:`support_log_probs`, the ``support=`` /
+``topk=`` options of the chunked and fused-linear losses): the teacher's top ``k``, the student's or
+their union, both sides coarsened to that support plus a tail bucket computed the same way for each.
 """
 
 from __future__ import annotations
@@ -88,3 +92,85 @@ def _tail_logsumexp(xp: Namespace, tail: Array) -> Array:
     safe = xp.where(empty, xp.zeros_like(tail), tail)  # the tail's entries get 0 from these rows
     lse = logsumexp(xp, safe, -1)
     return xp.where(empty, xp.full_like(lse, -math.inf), lse)
+
+
+SUPPORTS = ("teacher", "student", "union")
+"""The supports of a top-k comparison: the teacher's top ``k``, the student's, or their union."""
+
+
+def support_log_probs(
+    xp: Namespace,
+    teacher_logits: Array,
+    student_logits: Array,
+    support: str,
+    k: int,
+    *,
+    exclude: Callable[[Array, Array], Array],
+    top: Callable[[Array, int], Array],
+    temperature: float = 1.0,
+) -> tuple[Array, Array, Array]:
+    r"""Both sides (dense logits) coarsened to a top-k support :math:`S` plus a tail bucket, last axis.
+
+    With :math:`p = \mathrm{softmax}(z / T)` (teacher) and :math:`q = \mathrm{softmax}(u / T)` (student),
+    :math:`S` is the teacher's top ``k`` (``"teacher"``), the student's (``"student"``: reverse KL on the
+    student's top-k, verl #7425) or their union (``"union"``, at most ``2k`` entries, deduplicated per
+    row), and each side becomes the distribution over :math:`|S| + 1` outcomes
+
+    .. math::  \tilde p = \bigl(p_i\bigr)_{i \in S} \cup \bigl(\textstyle\sum_{j \notin S} p_j\bigr),
+               \qquad \tilde q \text{ likewise},
+
+    in log space: the full log-softmax gathered at :math:`S`, and the tail :math:`\log \sum_{j \notin S}
+    e^{\log p_j}` as a log-sum-exp over the excluded entries (the student's tail of
+    :func:`sparse_log_probs`, for both sides: no ``log1mexp`` of a mass near 1). Any divergence of
+    :math:`\tilde p, \tilde q` is a divergence of two distributions: ``≥ 0``, exactly 0 when the sides
+    are equal, at most the dense one (coarsening never increases an f-divergence), and equal to it for
+    ``k = V`` (then both full log-softmaxes are returned and there is no tail). Nothing is clamped.
+
+    The gradient reaches both sides' logits through the values at :math:`S` and the tails; the choice
+    of :math:`S` (an arg-top-k, piecewise constant in the logits) passes none.
+
+    Args:
+        xp: the array namespace of the inputs.
+        teacher_logits, student_logits: ``[rows, V]`` logits (after any logit map).
+        support: one of :data:`SUPPORTS`.
+        k: the size of each top-k set, ``1 ≤ k ≤ V``.
+        exclude: ``exclude(x, indices)`` is ``x`` with ``-inf`` at ``indices`` (a scatter).
+        top: ``top(x, k)`` gives the ``[rows, k]`` integer positions of the ``k`` largest entries of each
+            row (ties in any order).
+        temperature: ``T``, dividing both sides' logits.
+
+    Returns:
+        ``(teacher, student, overlap)``: two ``[rows, m + 1]`` log-probability arrays (``m = k``, or
+        ``2k`` for ``"union"``, whose entries already in the teacher's top-k are ``-inf`` on both sides:
+        probability 0, contributing 0 in exact mode), the last entry the tail bucket — ``[rows, V]``
+        arrays without a tail for ``k = V`` — and ``overlap`` ``[rows]``: :math:`|\mathrm{top}_k(p) \cap
+        \mathrm{top}_k(q)| / k`.
+    """
+    if temperature != 1.0:
+        teacher_logits, student_logits = teacher_logits / temperature, student_logits / temperature
+    teacher = log_softmax(xp, teacher_logits, -1)
+    student = log_softmax(xp, student_logits, -1)
+    teacher_top, student_top = top(teacher_logits, k), top(student_logits, k)
+    # The student's top entries that the teacher's top-k holds: -inf in a marker row of zeros (the
+    # teacher's own -inf log-probabilities cannot be mistaken for it).
+    marker = exclude(xp.zeros_like(teacher), teacher_top)
+    shared = xp.take_along_axis(marker, student_top, axis=-1) == -math.inf
+    overlap = xp.sum(xp.astype(shared, teacher.dtype), axis=-1) / k
+    if k == teacher.shape[-1]:
+        return teacher, student, overlap
+    indices = {"teacher": teacher_top, "student": student_top}.get(support)
+    if indices is None:
+        indices = xp.concat([teacher_top, student_top], axis=-1)
+    teacher_at = xp.take_along_axis(teacher, indices, axis=-1)
+    student_at = xp.take_along_axis(student, indices, axis=-1)
+    if support == "union":  # a student entry the teacher's top-k already holds: probability 0 here
+        repeated = xp.concat([xp.zeros_like(shared), shared], axis=-1)
+        teacher_at = xp.where(repeated, xp.full_like(teacher_at, -math.inf), teacher_at)
+        student_at = xp.where(repeated, xp.full_like(student_at, -math.inf), student_at)
+    teacher_tail = _tail_logsumexp(xp, exclude(teacher, indices))
+    student_tail = _tail_logsumexp(xp, exclude(student, indices))
+    return (
+        xp.concat([teacher_at, teacher_tail], axis=-1),
+        xp.concat([student_at, student_tail], axis=-1),
+        overlap,
+    )

@@ -4,8 +4,8 @@ Forward walks the tokens in chunks of ``c`` rows (:func:`kldiv.core.chunking.row
 each chunk it forms the chunk's logits, computes the per-token divergence and its gradient w.r.t.
 the chunk's logits ``g`` — with the fused kernel the plan names (Numba on CPU, Triton on CUDA: value
 and gradient in one pass, written over the chunk's logits buffer) or by autograd through kldiv's
-core (every option, a sparse top-k teacher, a teacher that needs a gradient) — and accumulates the
-gradients of the parameters right away::
+core (every option, a teacher that needs a gradient, a dense teacher on a chosen top-k support:
+:mod:`kldiv.fused._torch_support`) — and accumulates the gradients of the parameters right away::
 
     grad_hidden[chunk] = g @ weight            grad_weight += g.T @ hidden[chunk]      grad_bias += g.sum(0)
 
@@ -60,6 +60,8 @@ class _Config:
     teacher_map: LogitMap = IDENTITY  # the teacher's (not to a sparse teacher: its values are final)
     soft: bool = True  # whether the divergence is computed (False: weight_soft_loss = 0, the CE alone)
     accumulation: str | None = None  # the parameter gradients' dtype (see ACCUMULATION_DTYPES)
+    support: str = "teacher"  # with topk: a dense teacher compared on this top-k support (_torch_support)
+    topk: int | None = None
 
 
 @dataclass
@@ -385,7 +387,16 @@ def _chunk_by_autograd(config, inputs, coef, keep, want, chunk, workspace):
         mapped = config.student_map.apply(torch, _safe_rows(student, kept))
         if workspace.recorder is not None:
             workspace.recorder.record(chunk, kept, mapped, teacher, sparse, config.topk_format)
-        per_token = _chunk_values(config, teacher, mapped, sparse)
+        if config.topk is None:
+            per_token = _chunk_values(config, teacher, mapped, sparse)
+        else:  # a dense teacher on a chosen top-k support
+            from ._torch_support import support_chunk
+
+            per_token, found = support_chunk(
+                config.options, config.support, config.topk, _wide(teacher), _wide(mapped)
+            )
+            if workspace.recorder is not None:
+                workspace.recorder.record_support(chunk, kept, found)
         per_token = torch.where(kept, per_token, torch.zeros_like(per_token))
         objective = (per_token * coef[chunk]).sum()
         if workspace.hard is not None:
@@ -483,16 +494,23 @@ class _FusedFunction(torch.autograd.Function):
 
 
 def _temporaries(
-    kernel: str | None, inputs: Inputs, dtype: torch.dtype, maps: tuple[LogitMap, ...], hard: bool = False
+    kernel: str | None,
+    inputs: Inputs,
+    dtype: torch.dtype,
+    maps: tuple[LogitMap, ...],
+    hard: bool = False,
+    support: bool = False,
 ) -> int:
     """Chunk-sized arrays (in units of the compute dtype's ``[c, V]``) at a kernel path's peak: the
     student's logits buffer, the teacher's when it is formed (both kernels write the gradient over
     the logits), float32 copies of a float16 / bfloat16 gradient for the weight's accumulation, two
     per logit map (its output and its derivative, or a temporary of the map) and two for a
-    cross-entropy term (its ``softmax`` and a float32 copy of narrow logits)."""
+    cross-entropy term (its ``softmax`` and a float32 copy of narrow logits). A chosen top-k
+    ``support`` adds four on the autograd path: both sides' tails (a scattered copy each), the
+    overlap's marker row and the scatters' gradients."""
     mapped = 2 * sum(not m.identity for m in maps) + 2 * hard
     if kernel is None:
-        return chunking.AUTOGRAD_TEMPORARIES + mapped
+        return chunking.AUTOGRAD_TEMPORARIES + mapped + 4 * support
     count = 1 + (inputs.teacher_hidden is not None)  # given student logits: the buffer holds the gradient
     count += inputs.topk_indices is not None  # the sparse path's uint8 mask of the top entries (rounded up)
     if torch.finfo(dtype).bits < 32:
@@ -500,7 +518,9 @@ def _temporaries(
     return max(1, count) + mapped
 
 
-def _kernel(options: Options, inputs: Inputs, dtype: torch.dtype, device: torch.device) -> str | None:
+def _kernel(
+    options: Options, inputs: Inputs, dtype: torch.dtype, device: torch.device, support: bool = False
+) -> str | None:
     """The plan's kernel for the chunks (:func:`kldiv.kernels.dispatch.plan`, no size threshold)."""
     teacher = (inputs.teacher_logits, inputs.teacher_hidden, inputs.teacher_weight, inputs.teacher_bias)
     request = dispatch.Request(
@@ -508,6 +528,7 @@ def _kernel(options: Options, inputs: Inputs, dtype: torch.dtype, device: torch.
         dtype=_namespace.dtype_name(dtype),
         y_true_grad=any(t is not None and t.requires_grad for t in teacher),
         chunked=True,
+        support=support,
         source=f"torch on {device.type}",
     )
     return dispatch.plan(options, request).kernel
@@ -529,6 +550,8 @@ def loss(
     weight_hard_loss: float = 0.0,
     weight_soft_loss: float = 1.0,
     accumulation_dtype: str | None = None,
+    support: str = "teacher",
+    topk: int | None = None,
 ) -> torch.Tensor:
     """The reduced (or, for ``"none"``, per-token) loss of ``inputs``, chunk by chunk, in the
     accumulation dtype (float64 for float64 inputs, else float32). ``tokens``: the call's
@@ -538,7 +561,9 @@ def loss(
     the per-token statistics (``recorder.per_token`` holds the per-token values afterwards; with
     ``labels`` its ``cross_entropy`` too). ``weight_hard_loss`` / ``weight_soft_loss``: the
     cross-entropy term's and the divergence's weights (:mod:`kldiv.fused._torch_hard`; a soft weight
-    0 without a recorder skips the divergence). ``accumulation_dtype``: :data:`ACCUMULATION_DTYPES`."""
+    0 without a recorder skips the divergence). ``accumulation_dtype``: :data:`ACCUMULATION_DTYPES`.
+    ``topk``: a dense teacher compared with the student on the top-k ``support``
+    (:mod:`kldiv.fused._torch_support`); None: on the whole vocabulary (or a sparse teacher's k)."""
     source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
     rows, dtype, device = source.shape[0], source.dtype, source.device
     logits = inputs.student_logits
@@ -564,7 +589,7 @@ def loss(
         if recorder is not None:
             recorder.names = (*recorder.names, "cross_entropy")
             recorder.stats["cross_entropy"] = hard.values
-    kernel = _kernel(options, inputs, dtype, device)
+    kernel = _kernel(options, inputs, dtype, device, topk is not None)
     config = _Config(
         options=dataclasses.replace(options, scale_by_temperature_squared=False, backend="core"),
         reduction=reduction,
@@ -574,7 +599,9 @@ def loss(
             memory_budget=memory_budget,
             chunk_size=chunk_size,
             bytes_per_element=max(4, torch.finfo(dtype).bits // 8),
-            temporaries=_temporaries(kernel, inputs, dtype, (student_map, teacher_map), hard is not None),
+            temporaries=_temporaries(
+                kernel, inputs, dtype, (student_map, teacher_map), hard is not None, topk is not None
+            ),
             minimum_rows=MATMUL_MIN_ROWS if inputs.student_logits is None else 1,
         ),
         topk_format=topk_format,
@@ -583,6 +610,8 @@ def loss(
         teacher_map=teacher_map,
         soft=bool(weight_soft_loss) or recorder is not None,
         accumulation=accumulation_dtype,
+        support=support,
+        topk=topk,
     )
     tensors = (getattr(inputs, n) for n in _NAMES)
     return _FusedFunction.apply(config, coef, keep, recorder, hard, weight_soft_loss, *tensors)

@@ -12,6 +12,9 @@ for float64 inputs), 0 on masked tokens:
   log-probabilities' mass; 1 for ``"logits"`` values, renormalised over the k entries),
   ``student_mass`` (the student's probability on the teacher's k entries) and ``topk_overlap`` (the
   fraction of the student's own top k among the teacher's k); ``teacher_lse`` is not known there.
+* with a dense teacher on a chosen top-k support (``topk=``, :mod:`kldiv.fused._torch_support`): the
+  dense statistics and ``teacher_mass``, ``student_mass`` (each side's probability on the support
+  :math:`S`) and ``topk_overlap`` (:math:`|\mathrm{top}_k(p) \cap \mathrm{top}_k(q)| / k`).
 """
 
 from __future__ import annotations
@@ -35,13 +38,22 @@ class Stats(dict):
 
 DENSE = ("per_token", "student_lse", "teacher_lse", "student_entropy")
 SPARSE = ("per_token", "student_lse", "student_entropy", "teacher_mass", "student_mass", "topk_overlap")
+SUPPORT = (*DENSE, "teacher_mass", "student_mass", "topk_overlap")
 
 
 class Recorder:
     """Per-token statistics of one pass, filled chunk by chunk."""
 
-    def __init__(self, rows: int, sparse: bool, dtype: torch.dtype, device: Any, temperature: float) -> None:
-        self.names = SPARSE if sparse else DENSE
+    def __init__(
+        self,
+        rows: int,
+        sparse: bool,
+        dtype: torch.dtype,
+        device: Any,
+        temperature: float,
+        support: bool = False,
+    ) -> None:
+        self.names = SUPPORT if support else SPARSE if sparse else DENSE
         self.stats = {name: torch.zeros(rows, dtype=dtype, device=device) for name in self.names}
         self.temperature = temperature
 
@@ -89,6 +101,13 @@ class Recorder:
                 ) / k
             for name, value in found.items():
                 self.stats[name][chunk] = torch.where(kept, value, torch.zeros_like(value))
+
+    def record_support(self, chunk: slice, kept: torch.Tensor, found: dict[str, torch.Tensor]) -> None:
+        """The support's statistics of the chunk's tokens, as :func:`kldiv.fused._torch_support.support_chunk`
+        computed them."""
+        for name, value in found.items():
+            value = value.detach().to(self.stats[name].dtype)
+            self.stats[name][chunk] = torch.where(kept, value, torch.zeros_like(value))
 
     def result(self, per_token: torch.Tensor, lead: tuple[int, ...]) -> Stats:
         self.stats["per_token"] = per_token.detach().to(self.stats["per_token"].dtype)

@@ -22,8 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 from kldiv._extras import require
 
+from .. import _validate
 from .. import losses as _losses
-from ..arguments import ChunkingArguments, TeacherArguments, TokenArguments, split, teacher_form
+from ..arguments import (
+    ChunkingArguments,
+    SupportArguments,
+    TeacherArguments,
+    TokenArguments,
+    split,
+    teacher_form,
+)
 from ..core import chunking
 from ..core.reductions import token_weights
 from ..options import Options
@@ -47,12 +55,28 @@ def _sparse_log_probs(student_logits, indices, values, topk_format, temperature)
     (:func:`kldiv.core.topk.sparse_log_probs`)."""
     from ..core import topk
 
-    def exclude(student, top):
-        return student.at[jnp.arange(student.shape[0])[:, None], top].set(-jnp.inf)
-
     return topk.sparse_log_probs(
-        jnp, student_logits, indices, values, topk_format, exclude=exclude, temperature=temperature
+        jnp, student_logits, indices, values, topk_format, exclude=_exclude, temperature=temperature
     )
+
+
+def _exclude(x, top):
+    return x.at[jnp.arange(x.shape[0])[:, None], top].set(-jnp.inf)
+
+
+def _top(x, k):
+    return jax.lax.top_k(jax.lax.stop_gradient(x), k)[1]
+
+
+def _support_log_probs(teacher_logits, student_logits, support, k, temperature):
+    """Both dense sides coarsened to the top-k support plus the tail bucket
+    (:func:`kldiv.core.topk.support_log_probs`)."""
+    from ..core import topk
+
+    teacher, student, _ = topk.support_log_probs(
+        jnp, teacher_logits, student_logits, support, k, exclude=_exclude, top=_top, temperature=temperature
+    )
+    return teacher, student
 
 
 def _fused(
@@ -65,7 +89,9 @@ def _fused(
     """The loss of :func:`fused_linear_kl_divergence` (``divergence="kl"``) or its JS form."""
     teacher, keywords = split(keywords, TeacherArguments)
     tokens, keywords = split(keywords, TokenArguments)
-    walk, options = split(keywords, ChunkingArguments)
+    walk, keywords = split(keywords, ChunkingArguments)
+    chosen, options = split(keywords, SupportArguments)
+    support, k = _validate.support(chosen.get("support", "teacher"), chosen.get("topk"))
     reduction = options.pop("reduction", "auto")
     options = Options.of(divergence, options, fixed=_LOGITS)
     chunk_size = walk.get("chunk_size")
@@ -78,6 +104,7 @@ def _fused(
     batch_size = student_hidden.shape[0]
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
     rows, vocab = hidden.shape[0], student_weight.shape[0]
+    _validate.support_teacher(support, k, teacher.get("teacher_topk_indices") is not None, vocab)
     accumulate = jnp.float64 if hidden.dtype == jnp.float64 else jnp.float32
     keep, coef = token_weights(
         jnp, options, reduction, tokens, rows=rows, batch_size=batch_size, dtype=accumulate
@@ -123,6 +150,11 @@ def _fused(
             teacher = chunk["logits"]
         else:
             teacher = chunk["hidden_teacher"] @ t_weight.T + (0.0 if t_bias is None else t_bias)
+        if k is not None:  # a dense teacher on a chosen top-k support
+            teacher, student = _support_log_probs(teacher, student, support, k, options.temperature)
+            chunk_formats = dataclasses.replace(
+                chunk_options, y_true_format="log_probs", y_pred_format="log_probs", temperature=1.0
+            )
         per_token = _losses.per_sample(chunk_formats, teacher, student)
         per_token = jnp.where(chunk["keep"], per_token.astype(accumulate), 0.0)
         return jnp.sum(per_token * chunk["coef"])
@@ -148,7 +180,9 @@ def fused_linear_kl_divergence(
     teacher form (``teacher_logits=`` | ``teacher_hidden=, teacher_weight=, teacher_bias=`` |
     ``teacher_topk_indices=, teacher_topk_values=``), ``labels``, ``mask``, ``sample_weight``,
     ``num_items``, ``reduction`` (``"auto"``, as every kldiv loss, is the mean over unmasked tokens),
-    ``chunk_size``, ``memory_budget``, ``teacher_topk_format`` and kldiv's options, as
+    ``chunk_size``, ``memory_budget``, ``teacher_topk_format``, ``support`` and ``topk`` (a dense teacher
+    compared on a top-k support, as the torch losses: :func:`kldiv.core.topk.support_log_probs`) and
+    kldiv's options, as
     :class:`kldiv.KLDivergence` (``direction``, ``epsilon`` — ``None``, the default, is exact mode for
     these logits —, ``temperature``, ``scale_by_temperature_squared``, ``ignore_index``, ``dtype``,
     ``student_softcap``, ``teacher_softcap``, ``student_logit_scale``, ``teacher_logit_scale``)."""

@@ -28,6 +28,10 @@ student's probability mass outside the top-k: the divergence of the two distribu
 ``k + 1`` outcomes, a lower bound of the full divergence and equal to it when ``k = V``) or as
 ``"logits"`` (renormalised over the k entries; the student is then restricted and renormalised to
 the same k entries, the convention of top-k distillation in the literature).
+
+Chosen top-k support (``support=``, ``topk=k``, a dense teacher): both sides coarsened to the teacher's
+top-k (``"teacher"``), the student's (``"student"``) or their union (``"union"``) plus a tail bucket
+(:func:`kldiv.core.topk.support_log_probs`) — e.g. reverse KL on the student's top-k.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from kldiv._extras import require
 
+from .. import _validate
 from ..arguments import FusedCallArguments, TeacherArguments, TokenArguments, check, split, teacher_form
 from ..core import chunking
 from ..core.logit_maps import LogitMap
@@ -76,6 +81,8 @@ _CHUNKING = (
     "weight_hard_loss",
     "weight_soft_loss",
     "accumulation_dtype",
+    "support",
+    "topk",
 )
 _FIXED = {
     "y_true_format": "logits",
@@ -106,9 +113,12 @@ class _Divergence(torch.nn.Module):
         weight_hard_loss: float = 0.0,
         weight_soft_loss: float = 1.0,
         accumulation_dtype: str | None = None,
+        support: str = "teacher",
+        topk: int | None = None,
         **options: Unpack[OptionArguments],
     ) -> None:
         super().__init__()
+        self.support, self.topk = _validate.support(support, topk)
         self.weight_hard_loss = _weight("weight_hard_loss", weight_hard_loss)
         self.weight_soft_loss = _weight("weight_soft_loss", weight_soft_loss)
         if not (self.weight_hard_loss or self.weight_soft_loss):
@@ -166,13 +176,22 @@ class _Divergence(torch.nn.Module):
 
     def _loss(self, inputs: Inputs, tokens: TokenArguments, batch_size: int, lead: tuple[int, ...]) -> Any:
         source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
+        vocab = source.shape[-1] if inputs.student_logits is not None else inputs.student_weight.shape[0]
+        _validate.support_teacher(self.support, self.topk, inputs.topk_indices is not None, vocab)
         recorder = None
         if self.return_stats:
             from ._torch_stats import Recorder
 
             accumulate = torch.float64 if source.dtype == torch.float64 else torch.float32
             sparse = inputs.topk_indices is not None
-            recorder = Recorder(source.shape[0], sparse, accumulate, source.device, self.options.temperature)
+            recorder = Recorder(
+                source.shape[0],
+                sparse,
+                accumulate,
+                source.device,
+                self.options.temperature,
+                support=self.topk is not None,
+            )
         value = _torch_chunks.loss(
             self.options,
             self.reduction,
@@ -188,6 +207,8 @@ class _Divergence(torch.nn.Module):
             weight_hard_loss=self.weight_hard_loss,
             weight_soft_loss=self.weight_soft_loss,
             accumulation_dtype=self.accumulation_dtype,
+            support=self.support,
+            topk=self.topk,
         )
         dtype = getattr(torch, self.options.dtype) if self.options.dtype is not None else source.dtype
         value = value if value.dtype == dtype else value.to(dtype)
@@ -232,7 +253,8 @@ class FusedLinearKLDivergence(_Divergence):
         return_stats: return ``(loss, stats)``: a dict of detached per-token ``[BT]`` (or ``[B, T]``)
             tensors recorded in the same chunked pass (:mod:`kldiv.fused._torch_stats`): ``per_token``,
             ``student_lse``, ``teacher_lse``, ``student_entropy``; with a sparse teacher
-            ``teacher_mass``, ``student_mass``, ``topk_overlap`` instead of ``teacher_lse``; with
+            ``teacher_mass``, ``student_mass``, ``topk_overlap`` instead of ``teacher_lse`` (with
+            ``topk``: all seven, the masses on the chosen support); with
             ``labels``, ``cross_entropy`` (``CE_t`` below, whatever ``weight_hard_loss``).
         weight_hard_loss, weight_soft_loss: the loss is ``weight_hard_loss · CE + weight_soft_loss · D``
             (Liger-Kernel's names; defaults 0 and 1: the divergence alone), ``D`` this loss's
@@ -250,6 +272,15 @@ class FusedLinearKLDivergence(_Divergence):
             kldiv's rule: float32 for float16 / bfloat16 tensors, float64 for float64), ``"float32"``,
             ``"float64"`` or ``"weight"`` (each tensor's own dtype: half the gradient memory for
             bfloat16 parameters, at bfloat16 precision — Liger's ``accum_dtype=None``).
+        support, topk: compare a dense teacher with the student on a top-k support ``S`` of ``topk = k``
+            entries per token: ``"teacher"`` (its top-k), ``"student"`` (the student's: reverse KL on the
+            student's top-k) or ``"union"`` (both, deduplicated). Both sides are coarsened to ``S`` plus a
+            tail bucket (the mass outside ``S``), so the value is a divergence of two distributions: ``≥ 0``,
+            0 at equality, at most the dense value and equal to it at ``k = V`` — never clamped. The
+            gradient flows through the values at ``S`` and the tails, not through the choice of ``S``
+            (piecewise constant). ``topk=None`` (default): the whole vocabulary (a stored top-k teacher:
+            its own k; ``"student"`` / ``"union"`` raise a ``ValueError`` there). Chunks run by autograd
+            through the core (:mod:`kldiv.fused._torch_support`), memory still one chunk's.
 
     Call ``loss(student_hidden, student_weight, student_bias=None, *, teacher_logits=... |
     teacher_hidden=..., teacher_weight=..., teacher_bias=... | teacher_topk_indices=...,

@@ -21,9 +21,9 @@ Chunked and fused-linear calls have no threshold: their chunks are large by cons
 
 Neither kernel serves: JAX, TensorFlow and other arrays (they have their own compiled paths),
 inputs that only broadcast against each other, a ``y_true`` that needs a gradient, the Jensen–Shannon
-endpoints ``beta ∈ {0, 1}``, and any call while ``torch.compile`` traces
-(the core is a graph of torch ops; a kernel call would break it). Nothing here imports Numba, Triton
-or torch.
+endpoints ``beta ∈ {0, 1}``, a dense teacher compared on a top-k support (``topk=``), and any call
+while ``torch.compile`` traces (the core is a graph of torch ops; a kernel call would break it).
+Nothing here imports Numba, Triton or torch.
 """
 
 from __future__ import annotations
@@ -83,6 +83,8 @@ class Request:
         y_true_grad: ``y_true`` (the teacher) needs a gradient.
         y_pred_grad: ``y_pred`` needs a gradient (torch, with autograd enabled).
         chunked: a chunked / fused-linear call (no size threshold).
+        support: a chunked call comparing a dense teacher on a chosen top-k support (``support=``,
+            ``topk=``: :func:`kldiv.core.topk.support_log_probs`), which no kernel computes.
         source: the arrays' library and device, for error messages.
     """
 
@@ -94,6 +96,7 @@ class Request:
     y_true_grad: bool = False
     y_pred_grad: bool = False
     chunked: bool = False
+    support: bool = False
     source: str = ""
 
 
@@ -171,6 +174,8 @@ def unsupported_reason(options: Any, request: Request, kernel: str) -> str | Non
         return "a y_true that requires a gradient"
     if options.beta in (0.0, 1.0):
         return "beta at an endpoint (0 or 1)"
+    if request.support:
+        return "a dense teacher compared on a top-k support (the topk option)"
     if not _installed(kernel):
         return f"{_KERNEL_NAMES[kernel]} is not installed (pip install kldiv[{kernel}])"
     return None
