@@ -80,10 +80,43 @@ def _errors(loss: torch.Tensor, grads: list[torch.Tensor], loss64, grads64) -> d
 Case = tuple[str, Callable[[dict[str, Any]], Any], Callable[[dict[str, Any]], Any]]
 
 
-def _fused_case(name: str, backend: str, divergence: dict[str, Any], maps: dict[str, Any], topk: str | None):
-    """A case: kldiv's fused loss and its float64 program, on the same inputs."""
+def _support_mask(x: dict[str, Any], support: str) -> torch.Tensor:
+    """``[BT, V]`` membership of the top-k support, chosen on the float32 logits kldiv sees (the choice
+    is invariant to the temperature; the float64 program compares the same entries)."""
+    with torch.no_grad():
+        student = (x["hidden"] @ x["weight"].T + x["bias"]).topk(K, -1).indices
+        teacher = x["teacher"].topk(K, -1).indices
+    mask = torch.zeros(BT, V, dtype=torch.bool)
+    if support in ("student", "union"):
+        mask.scatter_(1, student, True)
+    if support in ("teacher", "union"):
+        mask.scatter_(1, teacher, True)
+    return mask
+
+
+def _coarsen(log_p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``log_p`` on the support (``-inf`` elsewhere) and the tail bucket ``log Σ_{j ∉ S} p_j``."""
+    inside = torch.where(mask, log_p, -math.inf)
+    tail = torch.logsumexp(torch.where(mask, -math.inf, log_p), -1, keepdim=True)
+    return torch.cat([inside, tail], -1)
+
+
+def _fused_case(
+    name: str,
+    backend: str,
+    divergence: dict[str, Any],
+    maps: dict[str, Any],
+    topk: str | None,
+    extra: dict[str, Any] | None = None,
+):
+    """A case: kldiv's fused loss and its float64 program, on the same inputs. ``topk``: a stored
+    top-k teacher's format; ``extra``: ``weight_hard_loss`` / ``weight_soft_loss`` (the cross-entropy
+    term) or ``support`` (with ``topk=K``: a dense teacher on a top-k support)."""
+    extra = extra or {}
     temperature = divergence.get("temperature", 1.0)
     direction, beta = divergence.get("direction", "forward"), divergence.get("beta")
+    hard, soft = extra.get("weight_hard_loss", 0.0), extra.get("weight_soft_loss", 1.0)
+    support = extra.get("support")
 
     def run(x: dict[str, Any]) -> Any:
         cls = kt.FusedLinearJSDivergence if beta is not None else kt.FusedLinearKLDivergence
@@ -96,7 +129,10 @@ def _fused_case(name: str, backend: str, divergence: dict[str, Any], maps: dict[
             teacher_topk_format=topk or "log_probs",
             **maps,
             **options,
+            **extra,
         )
+        if support is not None:
+            x["support_mask"] = _support_mask(x, support)
         teacher = {"teacher_logits": x["teacher"]}
         if topk == "log_probs":
             indices, values = topk_teacher(
@@ -125,11 +161,17 @@ def _fused_case(name: str, backend: str, divergence: dict[str, Any], maps: dict[
         else:
             t = _softcap(x["teacher"], maps.get("teacher_softcap"), maps.get("teacher_logit_scale"))
             log_p = torch.log_softmax(t / temperature, -1)
+        if support is not None:
+            log_p, log_q = _coarsen(log_p, x["support_mask"]), _coarsen(log_q, x["support_mask"])
         per_token = _divergence64(log_p, log_q, direction, beta)
         if divergence.get("scale_by_temperature_squared"):
             per_token = per_token * temperature**2
         kept = x["labels"] != -100
-        return per_token[kept].sum() / kept.sum()
+        loss = soft * per_token[kept].sum() / kept.sum()
+        if hard:  # Liger's normalisation: both terms over the tokens whose label is kept
+            cross_entropy = torch.logsumexp(s, -1) - s.gather(-1, x["labels"].clamp(min=0)[:, None])[:, 0]
+            loss = loss + hard * cross_entropy[kept].sum() / kept.sum()
+        return loss
 
     return name, run, reference
 
@@ -162,6 +204,21 @@ def cases(backends: list[str]) -> list[Case]:
                 )
             )
         out.append(_fused_case(f"{backend} top-{K} log_probs JS", backend, {"beta": 0.5}, {}, "log_probs"))
+        hard = {"weight_hard_loss": 0.3, "weight_soft_loss": 0.7}
+        out.append(_fused_case(f"{backend} hard labels 0.3 CE + 0.7 KL", backend, {}, {}, None, hard))
+        out.append(_fused_case(f"{backend} hard labels + softcap", backend, {}, maps, None, hard))
+        out.append(
+            _fused_case(
+                f"{backend} hard labels + top-{K}", backend, {"temperature": 2.0}, {}, "log_probs", hard
+            )
+        )
+        if backend == "core":  # student / union supports run by autograd (no kernel)
+            for support in ("teacher", "student", "union"):
+                for label, divergence in (("KL reverse", {"direction": "reverse"}), ("JS", {"beta": 0.5})):
+                    extra = {"support": support, "topk": K}
+                    out.append(
+                        _fused_case(f"core support={support} {label}", backend, divergence, {}, None, extra)
+                    )
     return out
 
 
