@@ -52,6 +52,7 @@ class _Config:
     kernel: str | None  # the plan's: "numba" (CPU), "triton" (CUDA) or None: autograd through the core
     student_map: LogitMap = IDENTITY  # the student's logit scale / soft cap, applied to each chunk
     teacher_map: LogitMap = IDENTITY  # the teacher's (not to a sparse teacher: its values are final)
+    collective: Any = None  # vocabulary parallel: a _torch_vocab_parallel.Collective computes the chunks
 
 
 @dataclass
@@ -153,6 +154,8 @@ def _run(
     for index, (start, stop) in enumerate(chunking.chunks(rows, config.rows_per_chunk)):
         chunk = slice(start, stop)
         _run_chunk(config, inputs, coef, keep, want, values, grads, chunk, workspace, first=index == 0)
+    if config.collective is not None:
+        config.collective.finish(grads)
     return values, grads
 
 
@@ -366,7 +369,8 @@ def _add_matmul(accumulator: torch.Tensor, a: torch.Tensor, b: torch.Tensor, fir
 
 
 def _run_chunk(config, inputs, coef, keep, want, values, grads, chunk, workspace, first=False) -> None:
-    per_token, gradients = _COMPUTE[config.kernel](config, inputs, coef, keep, want, chunk, workspace)
+    compute = _COMPUTE[config.kernel] if config.collective is None else config.collective.chunk
+    per_token, gradients = compute(config, inputs, coef, keep, want, chunk, workspace)
     values[chunk] = per_token
     for side, g in gradients.items():
         if want.get(f"{side}_logits"):
@@ -467,23 +471,29 @@ def loss(
     student_map: LogitMap = IDENTITY,
     teacher_map: LogitMap = IDENTITY,
     recorder: Any = None,
+    collective: Any = None,
 ) -> torch.Tensor:
     """The reduced (or, for ``"none"``, per-token) loss of ``inputs``, chunk by chunk, in the
     accumulation dtype (float64 for float64 inputs, else float32). ``tokens``: the call's
     ``labels``, ``mask``, ``sample_weight``, ``num_items`` (:class:`kldiv.arguments.TokenArguments`).
     ``student_map`` / ``teacher_map``: the logit maps applied to each chunk's logits (not to a
     sparse teacher's values). ``recorder``: a :class:`kldiv.fused._torch_stats.Recorder` filled with
-    the per-token statistics (``recorder.per_token`` holds the per-token values afterwards)."""
+    the per-token statistics (``recorder.per_token`` holds the per-token values afterwards).
+    ``collective``: a :class:`kldiv.fused._torch_vocab_parallel.Collective` when the vocabulary is
+    sharded over a process group (it computes every chunk; the chunk size comes from its
+    ``chunk_vocab``, the same on every rank)."""
     source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
     rows, dtype, device = source.shape[0], source.dtype, source.device
     logits = inputs.student_logits
     vocab = logits.shape[-1] if logits is not None else inputs.student_weight.shape[0]
+    if collective is not None:
+        vocab = collective.chunk_vocab
     accumulate = torch.float64 if dtype == torch.float64 else torch.float32
     xp = _namespace.namespace_of(source)
     keep, coef = token_weights(
         xp, options, reduction, tokens, rows=rows, batch_size=batch_size, dtype=accumulate, device=device
     )
-    kernel = _kernel(options, inputs, dtype, device)
+    kernel = None if collective is not None else _kernel(options, inputs, dtype, device)
     config = _Config(
         options=dataclasses.replace(options, scale_by_temperature_squared=False, backend="core"),
         reduction=reduction,
@@ -500,5 +510,6 @@ def loss(
         kernel=kernel,
         student_map=student_map,
         teacher_map=teacher_map,
+        collective=collective,
     )
     return _FusedFunction.apply(config, coef, keep, recorder, *(getattr(inputs, n) for n in _NAMES))

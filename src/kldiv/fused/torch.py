@@ -144,7 +144,14 @@ class _Divergence(torch.nn.Module):
     def extra_repr(self) -> str:
         return changed(self.get_config(), type(self)().get_config())
 
-    def _loss(self, inputs: Inputs, tokens: TokenArguments, batch_size: int, lead: tuple[int, ...]) -> Any:
+    def _loss(
+        self,
+        inputs: Inputs,
+        tokens: TokenArguments,
+        batch_size: int,
+        lead: tuple[int, ...],
+        collective: Any = None,
+    ) -> Any:
         source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
         recorder = None
         if self.return_stats:
@@ -165,6 +172,7 @@ class _Divergence(torch.nn.Module):
             student_map=self.student_map,
             teacher_map=self.teacher_map,
             recorder=recorder,
+            collective=collective,
         )
         dtype = getattr(torch, self.options.dtype) if self.options.dtype is not None else source.dtype
         value = value if value.dtype == dtype else value.to(dtype)
