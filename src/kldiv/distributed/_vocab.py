@@ -30,8 +30,12 @@ all-reduce): summed first, the reverse gradient's ``~|b − a|`` (logits of 1e30
 forward one's O(1) part in ``g' − exp(c) · G``, which autograd through the core keeps.
 
 ``value`` and ``G`` are identical on every participant. The teacher is a constant (no gradient), as
-in distillation. This module imports no framework: :mod:`kldiv.distributed.torch` supplies
-``torch.distributed`` all-reduces, :mod:`kldiv.distributed.jax` ``lax.pmax`` / ``lax.psum``.
+in distillation, unless ``row_divergence(teacher_grad=True)`` asks for its gradient: the same chain
+rule on the teacher's side, ``(h_j − exp(a_j) · H) / T``, where ``h_j = ∂ℓ/∂a_j`` is the student-side
+gradient of the divergence with the sides exchanged (:func:`swapped`) and ``H = all_sum(Σ_j h_j)``
+rides in the same all-reduce as ``G``. This module imports no framework:
+:mod:`kldiv.distributed.torch` supplies ``torch.distributed`` all-reduces, :mod:`kldiv.distributed.jax`
+``lax.pmax`` / ``lax.psum``.
 """
 
 from __future__ import annotations
@@ -157,9 +161,40 @@ def chained_apart(options: Options) -> list[Options]:
     return [options]
 
 
+def swapped(options: Options) -> Options:
+    """The same divergence with the two sides exchanged: ``KL(P‖Q)`` is the reverse KL of ``(Q, P)``,
+    the symmetric KL is symmetric, ``JS_β(P, Q) = JS_{1−β}(Q, P)``. The teacher's per-entry gradient
+    ``∂ℓ/∂a_j`` is therefore the student-side gradient of the swapped divergence at ``(b, a)`` — exact
+    mode's zero masks and Keras' clip follow the sides, so no second set of formulas is needed."""
+    if options.beta is not None:
+        return dataclasses.replace(options, beta=1.0 - options.beta)
+    flipped = {"forward": "reverse", "reverse": "forward"}.get(options.direction, options.direction)
+    return dataclasses.replace(options, direction=flipped)
+
+
+def _chain(xp: Namespace, c: Array, fmt: str, parts: list[Array], sums: Array, options: Options) -> Array:
+    """``∂ value / ∂`` one side's local entries from its per-part ``g'`` and their all-reduced row sums."""
+    if not needs_lse(options, fmt):
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+    softmax, grad = xp.exp(c), None
+    for k, g in enumerate(parts):
+        formulas = grads.array_formulas(xp, g)
+        g_sum = xp.expand_dims(sums[k], axis=-1)
+        factor = formulas.softmax_chain_factor(g_sum, 1.0 / options.temperature)
+        chained = formulas.softmax_chain(g, softmax, g_sum, factor)
+        grad = chained if grad is None else grad + chained
+    return grad
+
+
 def row_divergence(
-    xp: Namespace, teacher: Array, student: Array, options: Options, comm: Collectives
-) -> tuple[Array, Array]:
+    xp: Namespace,
+    teacher: Array,
+    student: Array,
+    options: Options,
+    comm: Collectives,
+    *,
+    teacher_grad: bool = False,
+) -> tuple[Array, ...]:
     """Per-row divergence (identical on every participant) and its gradient w.r.t. the local student.
 
     Args:
@@ -168,25 +203,27 @@ def row_divergence(
         student: local student shard of the same shape (``options.y_pred_format``).
         options: the options.
         comm: the all-reduces over the participants.
+        teacher_grad: also return ``∂ values / ∂ teacher`` (from :func:`swapped`: ``h_j``, chained
+            through the teacher's log-softmax as the student's ``g'_j`` is; its row sums ride in the
+            same all-reduce as ``G``).
 
     Returns:
-        ``(values [...], grad [..., V_r])``: ``values`` is the divergence of each full row, ``grad``
-        is ``∂ values / ∂ student`` for the local entries (one row's value depends only on its row),
-        by the log-softmax chain rule ``(g'_j − exp(c_j) · G) / T`` with ``G`` all-reduced.
+        ``(values [...], grad [..., V_r])`` — with ``teacher_grad``, ``(values, grad, teacher_grad)``:
+        ``values`` is the divergence of each full row, ``grad`` is ``∂ values / ∂ student`` for the
+        local entries (one row's value depends only on its row), by the log-softmax chain rule
+        ``(g'_j − exp(c_j) · G) / T`` with ``G`` all-reduced.
     """
     c_teacher, c_student = log_probs(xp, teacher, student, options, comm)
     parts = chained_apart(options)
     terms = [local_terms(xp, c_teacher, c_student, part) for part in parts]
     partial = terms[0][0] if len(terms) == 1 else terms[0][0] + terms[1][0]
-    totals = comm.all_sum(xp.stack([partial, *(xp.sum(g, axis=-1) for _, g in terms)]))
-    values = totals[0]
-    if not needs_lse(options, options.y_pred_format):
-        return values, terms[0][1] if len(terms) == 1 else terms[0][1] + terms[1][1]
-    softmax, grad = xp.exp(c_student), None
-    for k, (_, g) in enumerate(terms):
-        formulas = grads.array_formulas(xp, g)
-        g_sum = xp.expand_dims(totals[1 + k], axis=-1)
-        factor = formulas.softmax_chain_factor(g_sum, 1.0 / options.temperature)
-        chained = formulas.softmax_chain(g, softmax, g_sum, factor)
-        grad = chained if grad is None else grad + chained
-    return values, grad
+    sides = [(c_student, options.y_pred_format, [g for _, g in terms])]
+    if teacher_grad:
+        swaps = [local_terms(xp, c_student, c_teacher, swapped(part))[1] for part in parts]
+        sides.append((c_teacher, options.y_true_format, swaps))
+    totals = comm.all_sum(xp.stack([partial, *(xp.sum(g, axis=-1) for _, _, gs in sides for g in gs)]))
+    out, start = [totals[0]], 1
+    for c, fmt, gs in sides:
+        out.append(_chain(xp, c, fmt, gs, totals[start : start + len(gs)], options))
+        start += len(gs)
+    return tuple(out)

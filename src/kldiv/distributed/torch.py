@@ -35,9 +35,7 @@ gradients, so under DDP pass ``global_num_items(count) / world_size`` (or multip
 
 from __future__ import annotations
 
-import math
 import zlib
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kldiv import losses as _losses
@@ -46,6 +44,15 @@ from kldiv.arguments import CallArguments
 from kldiv.options import changed
 
 from . import _loss, _vocab
+from ._torch_fused import VocabParallelFusedLinearJSDivergence, VocabParallelFusedLinearKLDivergence
+from ._torch_group import (
+    SharedGroup,
+    TorchCollectives,
+    agree,
+    default_device,
+    descriptor,
+    require_initialized,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -53,27 +60,15 @@ if TYPE_CHECKING:
 torch = require("torch", "kldiv.distributed.torch")
 dist = require("torch.distributed", "kldiv.distributed.torch")
 
-__all__ = ["VocabParallelJSDivergence", "VocabParallelKLDivergence", "global_num_items"]
+__all__ = [
+    "VocabParallelFusedLinearJSDivergence",
+    "VocabParallelFusedLinearKLDivergence",
+    "VocabParallelJSDivergence",
+    "VocabParallelKLDivergence",
+    "global_num_items",
+]
 
 Tensor = torch.Tensor
-_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32", "torch.float64")
-_SHOWN_DIMS = 8  # batch dimensions carried in the shape check (the rest is compared by checksum)
-_STATUS, _DTYPE, _OPTIONS, _NDIM, _ROWS, _KEPT, _VOCAB, _SHAPE_CRC, _DIMS = range(9)
-
-
-def _require_initialized() -> None:
-    if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError(
-            "kldiv.distributed.torch needs an initialized default process group; call "
-            "torch.distributed.init_process_group first."
-        )
-
-
-def _default_device(group: Any) -> torch.device:
-    """CUDA for NCCL (its collectives need CUDA tensors), else CPU."""
-    if "nccl" in str(dist.get_backend(group)).lower():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def global_num_items(local_count: Any, group: Any = None, *, device: Any = None) -> Tensor:
@@ -100,7 +95,7 @@ def global_num_items(local_count: Any, group: Any = None, *, device: Any = None)
     Example (2 ranks holding 3 and 5 unmasked tokens): ``global_num_items(mask.sum())`` is
     ``tensor(8)`` on both.
     """
-    _require_initialized()
+    require_initialized()
     if isinstance(local_count, torch.Tensor):
         if local_count.numel() != 1:
             raise ValueError(
@@ -113,30 +108,13 @@ def global_num_items(local_count: Any, group: Any = None, *, device: Any = None)
         count = count.clone()
     elif isinstance(local_count, (int, float)) and not isinstance(local_count, bool):
         dtype = torch.int64 if isinstance(local_count, int) else torch.float64
-        count = torch.tensor(local_count, dtype=dtype, device=device or _default_device(group))
+        count = torch.tensor(local_count, dtype=dtype, device=device or default_device(group))
     else:
         raise TypeError(
             f"Argument `local_count`: expected an int, a float or a 0-d tensor; received {local_count!r}."
         )
     dist.all_reduce(count, op=dist.ReduceOp.SUM, group=group)
     return count
-
-
-class _TorchCollectives:
-    """In-place ``torch.distributed.all_reduce`` over ``group`` (on copies the caller owns)."""
-
-    def __init__(self, group: Any) -> None:
-        self.group = group
-
-    def all_max(self, x: Tensor) -> Tensor:
-        x = x.contiguous()
-        dist.all_reduce(x, op=dist.ReduceOp.MAX, group=self.group)
-        return x
-
-    def all_sum(self, x: Tensor) -> Tensor:
-        x = x.contiguous()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=self.group)
-        return x
 
 
 class _VocabParallelRows(torch.autograd.Function):
@@ -147,7 +125,7 @@ class _VocabParallelRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, teacher: Tensor, student: Tensor, xp: Any, options: Any, group: Any) -> Tensor:
         values, grad = _vocab.row_divergence(
-            xp, teacher.detach(), student.detach(), options, _TorchCollectives(group)
+            xp, teacher.detach(), student.detach(), options, TorchCollectives(group)
         )
         ctx.save_for_backward(grad if ctx.needs_input_grad[1] else None)
         return values
@@ -158,50 +136,9 @@ class _VocabParallelRows(torch.autograd.Function):
         return None, upstream.unsqueeze(-1) * grad, None, None, None
 
 
-def _dtype_code(dtype: Any) -> int:
-    name = str(dtype)
-    return _DTYPES.index(name) if name in _DTYPES else zlib.crc32(name.encode())
-
-
-def _dtype_name(code: int) -> str:
-    return _DTYPES[code] if 0 <= code < len(_DTYPES) else f"dtype with checksum {code}"
-
-
 def _options_code(loss: Any) -> int:
     config = {key: value for key, value in loss.get_config().items() if key != "name"}
     return zlib.crc32(repr(sorted(config.items())).encode())
-
-
-def _describe(descriptor: Sequence[int]) -> str:
-    """The batch shape and local vocabulary of one rank, for an error message."""
-    ndim = descriptor[_NDIM]
-    dims = descriptor[_DIMS : _DIMS + min(ndim, _SHOWN_DIMS)]
-    shape = "(" + ", ".join(str(d) for d in dims) + ("," if ndim == 1 else "")
-    shape += ", ...)" if ndim > _SHOWN_DIMS else ")"
-    return f"rows {shape} x vocabulary shard {descriptor[_VOCAB]}"
-
-
-class _SharedGroup:
-    """An explicit process group held by a loss: ``copy.deepcopy`` of the loss (or of a model holding it)
-    shares it, as a communicator handle cannot be copied; pickling it is refused with what to do instead,
-    as a process group belongs to the process that created it (``group=None``, the default group,
-    pickles)."""
-
-    def __init__(self, group: Any, owner: str) -> None:
-        self.group, self.owner = group, owner
-
-    def __copy__(self) -> _SharedGroup:
-        return self
-
-    def __deepcopy__(self, memo: dict) -> _SharedGroup:
-        return self
-
-    def __reduce__(self) -> Any:
-        raise TypeError(
-            f"{self.owner} with an explicit process group cannot be pickled: a process group belongs to "
-            "the process that created it. Pickle it with `group=None` (the default group of the receiving "
-            f"process), or save `get_config()` and rebuild it with `{self.owner}.from_config(config, group)`."
-        )
 
 
 class _VocabParallelLoss(torch.nn.Module, _losses.Wrapper):
@@ -218,7 +155,7 @@ class _VocabParallelLoss(torch.nn.Module, _losses.Wrapper):
         options = {"y_true_format": "logits", "y_pred_format": "logits", **options, "backend": "core"}
         self.loss = self._agnostic(reduction=reduction, name=name, **options)
         _vocab.check_formats(self.loss.options.y_true_format, self.loss.options.y_pred_format)
-        self._group = None if group is None else _SharedGroup(group, type(self).__name__)
+        self._group = None if group is None else SharedGroup(group, type(self).__name__)
         self._options_code = _options_code(self.loss)
 
     @property
@@ -249,7 +186,7 @@ class _VocabParallelLoss(torch.nn.Module, _losses.Wrapper):
                 ``sample_weight`` that does not align with the rows.
             RuntimeError: ``torch.distributed`` is not initialized.
         """
-        _require_initialized()
+        require_initialized()
         try:
             if not isinstance(student_logits, torch.Tensor):
                 raise TypeError(
@@ -266,62 +203,14 @@ class _VocabParallelLoss(torch.nn.Module, _losses.Wrapper):
 
     def _agree(self, shards: _loss.Shards | None, local_error: Exception | None, like: Any) -> None:
         """All-gather a small descriptor of each rank's call; raise on every rank unless all agree."""
-        device = like.device if isinstance(like, torch.Tensor) else _default_device(self.group)
-        fields = [1] + [-1] * (_DIMS + _SHOWN_DIMS - 1)
+        fields = None
         if shards is not None:
-            batch, keep = shards.batch_shape, shards.prepared.keep
-            fields[:_DIMS] = [
-                0,
-                _dtype_code(shards.student.dtype),
-                self._options_code,
-                len(batch),
-                math.prod(batch),
-                -1 if keep is None else int(keep.sum()),
-                shards.student.shape[-1],
-                zlib.crc32(repr(batch).encode()),
-            ]
-            fields[_DIMS : _DIMS + min(len(batch), _SHOWN_DIMS)] = batch[:_SHOWN_DIMS]
-        descriptor = torch.tensor(fields, dtype=torch.int64, device=device)
-        world = dist.get_world_size(self.group)
-        gathered = [torch.empty_like(descriptor) for _ in range(world)]
-        dist.all_gather(gathered, descriptor, group=self.group)
-        if local_error is not None:
-            raise local_error
-        rows = [g.tolist() for g in gathered]
-        failed = [rank for rank, row in enumerate(rows) if row[_STATUS] != 0]
-        if failed:
-            raise ValueError(
-                f"Vocabulary-parallel divergence: rank(s) {failed} of the group failed their input "
-                "checks (see the error raised there); no rank computed the loss."
+            keep = shards.prepared.keep
+            kept = -1 if keep is None else int(keep.sum())
+            fields = descriptor(
+                shards.batch_shape, shards.student.dtype, self._options_code, kept, shards.student.shape[-1]
             )
-        self._compare(rows)
-
-    @staticmethod
-    def _compare(rows: list[list[int]]) -> None:
-        def differ(*fields: int) -> bool:
-            return len({tuple(row[f] for f in fields) for row in rows}) > 1
-
-        listing = "; ".join(f"rank {rank}: {_describe(row)}" for rank, row in enumerate(rows))
-        if differ(_NDIM, _SHAPE_CRC, _ROWS) or any(row[_DIMS:] != rows[0][_DIMS:] for row in rows):
-            raise ValueError(
-                "Vocabulary-parallel divergence: expected the same rows (batch shape) on every rank of "
-                f"the group, only the vocabulary is sharded; received {listing}."
-            )
-        if differ(_DTYPE):
-            raise ValueError(
-                "Vocabulary-parallel divergence: expected the same dtype on every rank of the group; "
-                f"received {[_dtype_name(row[_DTYPE]) for row in rows]} (by rank)."
-            )
-        if differ(_OPTIONS):
-            raise ValueError(
-                "Vocabulary-parallel divergence: expected the same loss options (reduction, direction, "
-                "beta, temperature, epsilon, formats, ...) on every rank of the group; they differ."
-            )
-        if differ(_KEPT):
-            raise ValueError(
-                "Vocabulary-parallel divergence: expected the same `mask` / `labels` on every rank of the "
-                f"group; received {[row[_KEPT] for row in rows]} kept rows (-1: no mask)."
-            )
+        agree(self.group, fields, local_error, like)
 
     def get_config(self) -> dict[str, Any]:
         """``reduction``, ``name`` and every option (not ``group``, which is not serialisable)."""

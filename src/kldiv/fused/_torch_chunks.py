@@ -62,6 +62,7 @@ class _Config:
     accumulation: str | None = None  # the parameter gradients' dtype (see ACCUMULATION_DTYPES)
     support: str = "teacher"  # with topk: a dense teacher compared on this top-k support (_torch_support)
     topk: int | None = None
+    collective: Any = None  # vocabulary parallel: a _torch_vocab_parallel.Collective computes the chunks
 
 
 @dataclass
@@ -165,6 +166,8 @@ def _run(
     for index, (start, stop) in enumerate(chunking.chunks(rows, config.rows_per_chunk)):
         chunk = slice(start, stop)
         _run_chunk(config, inputs, coef, keep, want, values, grads, chunk, workspace, first=index == 0)
+    if config.collective is not None:
+        config.collective.finish(grads)
     return values, grads
 
 
@@ -422,7 +425,10 @@ def _add_matmul(accumulator: torch.Tensor, a: torch.Tensor, b: torch.Tensor, fir
 
 
 def _run_chunk(config, inputs, coef, keep, want, values, grads, chunk, workspace, first=False) -> None:
-    compute = _COMPUTE[config.kernel] if config.soft else _chunk_hard_only
+    if config.collective is not None:
+        compute = config.collective.chunk
+    else:
+        compute = _COMPUTE[config.kernel] if config.soft else _chunk_hard_only
     per_token, gradients = compute(config, inputs, coef, keep, want, chunk, workspace)
     values[chunk] = per_token
     for side, g in gradients.items():
@@ -552,6 +558,7 @@ def loss(
     accumulation_dtype: str | None = None,
     support: str = "teacher",
     topk: int | None = None,
+    collective: Any = None,
 ) -> torch.Tensor:
     """The reduced (or, for ``"none"``, per-token) loss of ``inputs``, chunk by chunk, in the
     accumulation dtype (float64 for float64 inputs, else float32). ``tokens``: the call's
@@ -563,11 +570,16 @@ def loss(
     cross-entropy term's and the divergence's weights (:mod:`kldiv.fused._torch_hard`; a soft weight
     0 without a recorder skips the divergence). ``accumulation_dtype``: :data:`ACCUMULATION_DTYPES`.
     ``topk``: a dense teacher compared with the student on the top-k ``support``
-    (:mod:`kldiv.fused._torch_support`); None: on the whole vocabulary (or a sparse teacher's k)."""
+    (:mod:`kldiv.fused._torch_support`); None: on the whole vocabulary (or a sparse teacher's k).
+    ``collective``: a :class:`kldiv.fused._torch_vocab_parallel.Collective` when the vocabulary is
+    sharded over a process group (it computes every chunk; the chunk size comes from its
+    ``chunk_vocab``, the same on every rank)."""
     source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
     rows, dtype, device = source.shape[0], source.dtype, source.device
     logits = inputs.student_logits
     vocab = logits.shape[-1] if logits is not None else inputs.student_weight.shape[0]
+    if collective is not None:
+        vocab = collective.chunk_vocab
     accumulate = torch.float64 if dtype == torch.float64 else torch.float32
     xp = _namespace.namespace_of(source)
     keep, coef = token_weights(
@@ -589,7 +601,7 @@ def loss(
         if recorder is not None:
             recorder.names = (*recorder.names, "cross_entropy")
             recorder.stats["cross_entropy"] = hard.values
-    kernel = _kernel(options, inputs, dtype, device, topk is not None)
+    kernel = None if collective is not None else _kernel(options, inputs, dtype, device, topk is not None)
     config = _Config(
         options=dataclasses.replace(options, scale_by_temperature_squared=False, backend="core"),
         reduction=reduction,
@@ -612,6 +624,7 @@ def loss(
         accumulation=accumulation_dtype,
         support=support,
         topk=topk,
+        collective=collective,
     )
     tensors = (getattr(inputs, n) for n in _NAMES)
     return _FusedFunction.apply(config, coef, keep, recorder, hard, weight_soft_loss, *tensors)

@@ -174,7 +174,14 @@ class _Divergence(torch.nn.Module):
     def extra_repr(self) -> str:
         return changed(self.get_config(), type(self)().get_config())
 
-    def _loss(self, inputs: Inputs, tokens: TokenArguments, batch_size: int, lead: tuple[int, ...]) -> Any:
+    def _loss(
+        self,
+        inputs: Inputs,
+        tokens: TokenArguments,
+        batch_size: int,
+        lead: tuple[int, ...],
+        collective: Any = None,
+    ) -> Any:
         source = inputs.student_logits if inputs.student_logits is not None else inputs.student_hidden
         vocab = source.shape[-1] if inputs.student_logits is not None else inputs.student_weight.shape[0]
         _validate.support_teacher(self.support, self.topk, inputs.topk_indices is not None, vocab)
@@ -209,6 +216,7 @@ class _Divergence(torch.nn.Module):
             accumulation_dtype=self.accumulation_dtype,
             support=self.support,
             topk=self.topk,
+            collective=collective,
         )
         dtype = getattr(torch, self.options.dtype) if self.options.dtype is not None else source.dtype
         value = value if value.dtype == dtype else value.to(dtype)
