@@ -17,7 +17,6 @@ per-token gradient factors are only known in backward, which then recomputes the
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,9 @@ from ..core.logit_maps import IDENTITY, LogitMap
 from ..core.reductions import token_weights
 from ..kernels import dispatch
 from ..options import Options
-from . import _torch_hard
+from . import _torch_hard, _torch_precision, _torch_sparse
+from ._torch_precision import ACCUMULATION_DTYPES as ACCUMULATION_DTYPES  # re-exported: the losses check it
+from ._torch_precision import wide as _wide
 
 torch = require("torch", "kldiv.fused.torch")
 
@@ -38,11 +39,6 @@ torch = require("torch", "kldiv.fused.torch")
 # over the [V, H] weight (three products per chunk) cost more than the memory saved (measured at
 # V = 128256: BT = 512 took 1.03-1.13x the naive time with 196-row chunks, 0.96x with 512).
 MATMUL_MIN_ROWS = 512
-
-ACCUMULATION_DTYPES = (None, "float32", "float64", "weight")
-"""The parameter gradients' accumulation dtype: None (kldiv's rule: float32 for float16 / bfloat16
-inputs, float64 for float64), ``"float32"`` / ``"float64"``, or ``"weight"`` (each tensor's own dtype:
-half the gradient memory for bfloat16 parameters, rounded to bfloat16 after every chunk)."""
 
 DEVICE_ARRAYS = {"cpu": "torch", "cuda": "cuda"}
 """The :class:`kldiv.kernels.dispatch.Request` ``arrays`` of a device. Tests map ``"cpu"`` to
@@ -97,43 +93,13 @@ def logits_in_chunks(inputs: Inputs, rows_per_chunk: int, logit_map: LogitMap = 
             yield chunk, logit_map.apply(torch, _teacher_logits(inputs, chunk))
 
 
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """float16 / bfloat16 → float32 (kldiv's accumulation rule); float32 / float64 unchanged."""
-    return x.float() if x.element_size() < 4 else x
-
-
-def _sparse_log_probs(
-    student_logits: torch.Tensor,
-    indices: torch.Tensor,
-    values: torch.Tensor,
-    topk_format: str,
-    temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher and student as distributions over the top-k entries (+ the tail bucket):
-    :func:`kldiv.core.topk.sparse_log_probs`."""
-    import array_api_compat.torch as xp
-
-    from ..core import topk
-
-    def exclude(student: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
-        return student.scatter(-1, top, -math.inf)
-
-    return topk.sparse_log_probs(
-        xp,
-        _wide(student_logits),
-        indices.long(),
-        _wide(values),
-        topk_format,
-        exclude=exclude,
-        temperature=temperature,
-    )
-
-
 def _chunk_values(config: _Config, teacher: torch.Tensor, student: torch.Tensor, sparse: Any) -> torch.Tensor:
     """Per-token divergence of one chunk (the core's formula, autograd-able)."""
     options = config.options
     if sparse is not None:
-        teacher, student = _sparse_log_probs(student, *sparse, config.topk_format, options.temperature)
+        teacher, student = _torch_sparse.autograd_log_probs(
+            student, *sparse, config.topk_format, options.temperature
+        )
         options = dataclasses.replace(
             options, y_true_format="log_probs", y_pred_format="log_probs", temperature=1.0
         )
@@ -173,9 +139,7 @@ def _run(
 
 def _accumulation(config: _Config, tensor: torch.Tensor, coef: torch.Tensor) -> torch.dtype:
     """The dtype ``tensor``'s gradient is accumulated in (:data:`ACCUMULATION_DTYPES`)."""
-    if config.accumulation is None:
-        return coef.dtype
-    return tensor.dtype if config.accumulation == "weight" else getattr(torch, config.accumulation)
+    return _torch_precision.accumulation(config.accumulation, tensor, coef.dtype)
 
 
 class _Workspace:
@@ -326,14 +290,12 @@ def _chunk_by_triton(config, inputs, coef, keep, want, chunk, workspace):
 def _sparse_by_kernel(config, inputs, coef, keep, want, chunk, workspace, student, factor, pending=None):
     """Value and ∂/∂student-logits of one chunk of a sparse top-k teacher from the plan's kernel
     (:mod:`kldiv.fused._torch_sparse`), the gradient written over the chunk's logits buffer."""
-    from ._torch_sparse import sparse_chunk
-
     sparse = (inputs.topk_indices[chunk], inputs.topk_values[chunk])
     if workspace.recorder is not None:
         workspace.recorder.record(chunk, keep[chunk], student, None, sparse, config.topk_format)
     want_grad = any(want.values())
     out = _gradient_buffer(inputs, student, factor, workspace) if want_grad else None
-    values, grad = sparse_chunk(
+    values, grad = _torch_sparse.sparse_chunk(
         config.kernel,
         config.options,
         config.topk_format,

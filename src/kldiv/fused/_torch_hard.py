@@ -25,12 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._extras import require
+from ._torch_precision import wide
 
 torch = require("torch", "kldiv.fused.torch")
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.element_size() < 4 else x
 
 
 def cross_entropy(u: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,7 +76,7 @@ class HardLabels:
         """``CE_t`` of the chunk's mapped logits into :attr:`values`, and — with a gradient wanted and a
         weight — ``coef_t · softmax(u_t)`` (``[c, V]``, float32 or float64; 0 on masked rows)."""
         with torch.no_grad():
-            ce, e, total = cross_entropy(_wide(logits.detach()), self.labels[chunk])
+            ce, e, total = cross_entropy(wide(logits.detach()), self.labels[chunk])
             self.values[chunk] = torch.where(kept, ce, torch.zeros_like(ce)).to(self.values.dtype)
             if not want_grad or self.coef is None:
                 return None
@@ -100,7 +97,7 @@ class HardLabels:
     def autograd(self, chunk: slice, kept: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
         """``Σ coef_t · CE_t`` of the chunk (differentiable w.r.t. ``mapped``, whose masked rows are safe),
         recording ``CE_t`` into :attr:`values`."""
-        ce = cross_entropy(_wide(mapped), self.labels[chunk])[0]
+        ce = cross_entropy(wide(mapped), self.labels[chunk])[0]
         ce = torch.where(kept, ce, torch.zeros_like(ce))
         self.values[chunk] = ce.detach().to(self.values.dtype)
         if self.coef is None:

@@ -27,6 +27,7 @@ import math
 
 from .._extras import require
 from ..options import Options
+from ._torch_precision import wide
 
 torch = require("torch", "kldiv.fused.torch")
 
@@ -172,4 +173,32 @@ def sparse_chunk(
     return per_token, out
 
 
-__all__ = ["sparse_chunk"]
+def autograd_log_probs(
+    student_logits: torch.Tensor,
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    topk_format: str,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher and student as distributions over the top-k entries (+ the tail bucket):
+    :func:`kldiv.core.topk.sparse_log_probs` on torch tensors (the autograd path's formula; the
+    kernels' :func:`sparse_chunk` must equal it)."""
+    import array_api_compat.torch as xp
+
+    from ..core import topk
+
+    def exclude(student: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+        return student.scatter(-1, top, -math.inf)
+
+    return topk.sparse_log_probs(
+        xp,
+        wide(student_logits),
+        indices.long(),
+        wide(values),
+        topk_format,
+        exclude=exclude,
+        temperature=temperature,
+    )
+
+
+__all__ = ["autograd_log_probs", "sparse_chunk"]
