@@ -7,6 +7,7 @@ positions (with exactly 0 gradient there), multiplied by :attr:`kldiv.Options.lo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -15,51 +16,69 @@ import numpy as np
 from . import _validate
 from ._prepare import Prepared
 from .core import masking
-from .core.divergences import divergence
+from .core.divergences import distributions, divergence, divergence_of
 from .kernels.dispatch import Plan
 from .options import Options
 
 Array = Any
 
 
-def per_sample(options: Options, prepared: Prepared, plan: Plan) -> Array:
-    """The per-sample divergence of ``prepared``, in the compute dtype."""
+def per_sample(options: Options, prepared: Prepared, plan: Plan, stats: Any = None) -> Array:
+    """The per-sample divergence of ``prepared``, in the compute dtype. ``stats``: a collector of the
+    call's statistics (``return_stats``, :class:`kldiv.torch._stats.Collector`) or None."""
     if plan.kernel is not None:
-        from .kernels import fused
-
-        if prepared.xp is np:  # the kernel flags values outside [0, 1] while each row is in cache
-            return fused.per_sample_numpy(
-                options, prepared.y_true, prepared.y_pred, prepared.keep, prepared.axis
-            )
-        return fused.per_sample_torch(
-            options, prepared.y_true, prepared.y_pred, prepared.keep, prepared.axis, 1.0, kernel=plan.kernel
-        )
+        return _kernel(options, prepared, plan, 1.0, None, stats)
     if prepared.xp is np:
         _check_unit_interval(options, prepared)
         # Exact mode's documented +inf (p = 0 < t) and all -inf logit rows are results, not
         # accidents: keep NumPy from warning about the log(0) behind them.
         with np.errstate(divide="ignore", invalid="ignore"):
-            return _core(options, prepared)
-    return _core(options, prepared)
+            return _core(options, prepared, stats)
+    return _core(options, prepared, stats)
 
 
-def reduced(options: Options, prepared: Prepared, plan: Plan, reduce: Callable[[Array], Array]) -> Array:
+def reduced(
+    options: Options, prepared: Prepared, plan: Plan, reduce: Callable[[Array], Array], stats: Any = None
+) -> Array:
     """``reduce(per-sample divergence)``; one autograd node when the plan says so (the kernel's
     gradient, pre-scaled by the reduction's host-known gradient, is handed to autograd as it is)."""
     if not plan.one_node:
-        return reduce(per_sample(options, prepared, plan))
+        return reduce(per_sample(options, prepared, plan, stats))
+    return _kernel(options, prepared, plan, plan.gradient_scale, reduce, stats)
+
+
+def _kernel(
+    options: Options,
+    prepared: Prepared,
+    plan: Plan,
+    scale: float,
+    reduce: Callable[[Array], Array] | None,
+    stats: Any,
+) -> Array:
+    """The plan's kernel on ``prepared`` (with ``reduce``: as one autograd node); the kernel hands its
+    per-sample values to ``stats``, which derives the other statistics from the inputs."""
     from .kernels import fused
 
-    return fused.per_sample_torch(
-        options,
-        prepared.y_true,
-        prepared.y_pred,
-        prepared.keep,
-        prepared.axis,
-        plan.gradient_scale,
-        reduce,
-        kernel=plan.kernel,
-    )
+    record = None if stats is None else functools.partial(stats.per_token, prepared)
+    if prepared.xp is np:  # the kernel flags values outside [0, 1] while each row is in cache
+        values = fused.per_sample_numpy(
+            options, prepared.y_true, prepared.y_pred, prepared.keep, prepared.axis, record
+        )
+    else:
+        values = fused.per_sample_torch(
+            options,
+            prepared.y_true,
+            prepared.y_pred,
+            prepared.keep,
+            prepared.axis,
+            scale,
+            reduce,
+            kernel=plan.kernel,
+            record=record,
+        )
+    if stats is not None:
+        stats.from_inputs(options, prepared)
+    return values
 
 
 def _check_unit_interval(options: Options, prepared: Prepared) -> None:
@@ -85,21 +104,27 @@ def _check_unit_interval(options: Options, prepared: Prepared) -> None:
         _validate.warn_outside_unit_interval(outside, options.epsilon)
 
 
-def _core(options: Options, prepared: Prepared) -> Array:
+def _core(options: Options, prepared: Prepared, stats: Any = None) -> Array:
     xp, y_true, y_pred, keep = prepared.xp, prepared.y_true, prepared.y_pred, prepared.keep
     if keep is not None:
         # Masked rows of both inputs become a safe constant first: no NaN in the backward pass.
         y_true = masking.mask_input(xp, y_true, options.y_true_format, keep, prepared.axis)
         y_pred = masking.mask_input(xp, y_pred, options.y_pred_format, keep, prepared.axis)
-    losses = divergence(
-        xp,
-        y_true,
-        y_pred,
-        axis=prepared.axis,
-        true_map=options.teacher_map,
-        pred_map=options.student_map,
-        **options.formula_arguments(),
-    )
+    arguments = options.formula_arguments()
+    maps = {"true_map": options.teacher_map, "pred_map": options.student_map}
+    if stats is None:
+        losses = divergence(xp, y_true, y_pred, axis=prepared.axis, **maps, **arguments)
+    else:
+        kind = {name: arguments.pop(name) for name in ("direction", "beta")}
+        p, q = distributions(xp, y_true, y_pred, axis=prepared.axis, **maps, **arguments)
+        losses = divergence_of(xp, p, q, axis=prepared.axis, **kind)
+        # The statistics are exact-mode quantities: from the loss's own distributions in exact
+        # mode, from the inputs where the loss applies the Keras clip.
+        if options.epsilon == 0:
+            stats.from_distributions(prepared, p, q)
+        else:
+            stats.from_inputs(options, prepared)
+        stats.per_token(prepared, losses)
     if options.loss_scale != 1.0:
         losses = losses * options.loss_scale
     if keep is not None:

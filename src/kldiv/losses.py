@@ -168,6 +168,13 @@ class _DivergenceLoss:
                 not divide, or ``reduction`` is ``"auto"`` / ``"sum_over_batch_size"`` under an
                 active ``tf.distribute`` strategy (outside ``compile``/``fit``).
         """
+        return self._call(y_true, y_pred, sample_weight, arguments)
+
+    def _call(
+        self, y_true: Array, y_pred: Array, sample_weight: Array | None, arguments: dict, stats: Any = None
+    ) -> Array:
+        """:meth:`__call__`; ``stats``, a collector of the call's statistics (``return_stats`` of the
+        PyTorch losses, :class:`kldiv.torch._stats.Collector`), is filled on the way."""
         check(arguments, CallArguments, f"A {type(self).__name__} loss call", also=("sample_weight",))
         _distribute.check_reduction(self.reduction, y_pred)
         num_items = _validate.num_items(arguments.get("num_items"), self.reduction)
@@ -193,7 +200,7 @@ class _DivergenceLoss:
             )
 
         plan = _plan(self.options, prepared, reduction_gradient)
-        return prepared.output(_evaluate.reduced(self.options, prepared, plan, reduce))
+        return prepared.output(_evaluate.reduced(self.options, prepared, plan, reduce, stats))
 
     def get_config(self) -> dict[str, Any]:
         """Every option: ``type(loss).from_config(loss.get_config())`` is an equal loss."""
@@ -293,13 +300,15 @@ def functional(
     name: str,
     doc: str,
     overrides: Callable[[dict[str, Any], Array], dict[str, Any]] | None = None,
+    statistics: Callable[[], Any] | None = None,
 ) -> Callable[..., Array]:
     """The functional form of ``loss_type`` that the framework adapters export as ``name``:
     ``name(y_true, y_pred, sample_weight=None, **keywords)`` is
     ``loss_type(reduction, **options)(y_true, y_pred, sample_weight, **call)``, where ``keywords``
     (:class:`kldiv.arguments.FunctionalArguments`) hold ``reduction`` (default ``"none"``: per
     sample), the call arguments and the options. ``overrides(options, y_pred)`` adds the adapter's
-    per-call options (PyTorch's autocast rule)."""
+    per-call options (PyTorch's autocast rule). With ``statistics`` (a collector factory) the form
+    also takes ``return_stats=False``; ``True`` returns ``(loss, collector.result())``."""
 
     def divergence(
         y_true: Array,
@@ -307,13 +316,17 @@ def functional(
         sample_weight: Array | None = None,
         **keywords: Unpack[FunctionalArguments],
     ) -> Array:
+        stats = None
+        if statistics is not None and _validate.flag("return_stats", keywords.pop("return_stats", False)):
+            stats = statistics()
         call, options = split(keywords, CallArguments)
         if overrides is not None:
             options = {**options, **overrides(options, y_pred)}
         loss = loss_type(**{"reduction": "none", **options})
         # Through the class: Dynamo before PyTorch 2.13 hashes a called object that it is still
         # constructing symbolically (and its __hash__ reads unset attributes).
-        return type(loss).__call__(loss, y_true, y_pred, sample_weight, **call)
+        value = type(loss)._call(loss, y_true, y_pred, sample_weight, call, stats)
+        return value if stats is None else (value, stats.result())
 
     divergence.__name__ = divergence.__qualname__ = name
     divergence.__doc__ = doc

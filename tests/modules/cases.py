@@ -78,6 +78,18 @@ CASES = [
         dict(reduction="sum", name="js", y_true_format="logits", y_pred_format="logits", beta=0.3),
         "JSDivergence(reduction='sum', name='js', y_true_format='logits', y_pred_format='logits', beta=0.3)",
     ),
+    Case(
+        "kl-stats",
+        kt.KLDivergence,
+        dict(y_true_format="logits", y_pred_format="logits", temperature=1.5, return_stats=True),
+        "KLDivergence(y_true_format='logits', y_pred_format='logits', temperature=1.5, return_stats=True)",
+    ),
+    Case(
+        "js-stats",
+        kt.JSDivergence,
+        dict(reduction="sum", beta=0.3, return_stats=True),
+        "JSDivergence(reduction='sum', beta=0.3, return_stats=True)",
+    ),
     Case("fused-kl-default", kt.FusedLinearKLDivergence, {}, "FusedLinearKLDivergence()"),
     Case(
         "fused-kl-options",
@@ -153,6 +165,9 @@ def compute(loss: torch.nn.Module, case: Case, tensors: dict) -> tuple[torch.Ten
     else:
         student = tensors["y_pred"].clone().requires_grad_(True)
         value = loss(tensors["y_true"], student)
+    if getattr(loss, "return_stats", False):  # (loss, stats): the statistics are tested on their own
+        value, stats = value
+        assert set(stats) >= {"per_token", "student_lse", "student_entropy"}
     (grad,) = torch.autograd.grad(value, student)
     return value.detach(), grad
 

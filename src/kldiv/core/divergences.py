@@ -87,8 +87,21 @@ def log_softmax(
     that each hold a shard of the axis (vocabulary parallelism, :mod:`kldiv.distributed._vocab`);
     by default there is one participant.
     """
-    _, shifted = _shifted(xp, x, axis, all_max)
-    return shifted - xp.log(all_sum(xp.sum(xp.exp(shifted), axis=axis, keepdims=True)))
+    _, shifted, log_total = _normalized(xp, x, axis, all_max, all_sum)
+    return shifted - log_total
+
+
+def _normalized(
+    xp: Namespace,
+    x: Array,
+    axis: int,
+    all_max: Callable[[Array], Array] = _identity,
+    all_sum: Callable[[Array], Array] = _identity,
+) -> tuple[Array, Array, Array]:
+    r"""The parts of :func:`log_softmax`: ``(M, x − M, log S)`` (``M`` and ``log S`` kept as 1);
+    :math:`M + \log S` is the row's log-sum-exp."""
+    top, shifted = _shifted(xp, x, axis, all_max)
+    return top, shifted, xp.log(all_sum(xp.sum(xp.exp(shifted), axis=axis, keepdims=True)))
 
 
 def logsumexp(xp: Namespace, x: Array, axis: int) -> Array:
@@ -133,7 +146,7 @@ class Distribution:
     caller's zero mask, so that no ``log`` or division is ever evaluated at a masked zero.
     """
 
-    __slots__ = ("epsilon", "log_probs", "probs", "xp")
+    __slots__ = ("epsilon", "log_probs", "normalizer", "probs", "xp")
 
     def __init__(
         self, xp: Namespace, x: Array, fmt: str, *, axis: int, epsilon: float, temperature: float
@@ -141,6 +154,7 @@ class Distribution:
         self.xp, self.epsilon = xp, epsilon
         self.probs: Array | None = None
         self.log_probs: Array | None = None
+        self.normalizer: tuple[Array, Array] | None = None  # (M, log S) of a row it normalized
         if fmt == "probs" and temperature == 1.0:
             self.probs = clip(xp, x, epsilon, 1.0) if epsilon > 0 else x
             return
@@ -150,8 +164,23 @@ class Distribution:
         if temperature != 1.0:
             log_x = log_x / temperature
         if fmt == "logits" or temperature != 1.0:
-            log_x = log_softmax(xp, log_x, axis)
+            top, shifted, log_total = _normalized(xp, log_x, axis)  # log_softmax, keeping its parts
+            self.normalizer = (top, log_total)
+            log_x = shifted - log_total
         self.log_probs = clip(xp, log_x, math.log(epsilon), 0.0) if epsilon > 0 else log_x
+
+    def log_normalizer(self, axis: int) -> Array:
+        r"""The row's log-sum-exp along ``axis`` (removed): :math:`M + \log S` of the log-softmax that
+        normalized it (logits, or any format at ``T ≠ 1``: :math:`\log\sum_i e^{s_i}` of the row
+        ``s`` it normalized), else — a row of probabilities or log-probabilities taken as it is —
+        the log of its total mass, :math:`\log\sum_i p_i` (0 for a normalized row)."""
+        xp = self.xp
+        if self.normalizer is not None:
+            top, log_total = self.normalizer
+            return xp.squeeze(top + log_total, axis=axis)
+        if self.probs is not None:
+            return xp.log(xp.sum(self.probs, axis=axis))
+        return xp.squeeze(logsumexp(xp, self.log_probs, axis), axis=axis)
 
     def zeros(self) -> Array | None:
         """Where the probability is exactly 0 (exact mode only; Keras mode has none)."""
@@ -238,6 +267,36 @@ def divergence(
     probabilities. ``true_map`` / ``pred_map``: the logit map of a side given as ``"logits"``, applied
     to it first (:class:`kldiv.core.logit_maps.LogitMap`; the identity by default).
     """
+    p, q = distributions(
+        xp,
+        y_true,
+        y_pred,
+        true_format=true_format,
+        pred_format=pred_format,
+        epsilon=epsilon,
+        axis=axis,
+        temperature=temperature,
+        true_map=true_map,
+        pred_map=pred_map,
+    )
+    return divergence_of(xp, p, q, axis=axis, direction=direction, beta=beta, elementwise=elementwise)
+
+
+def distributions(
+    xp: Namespace,
+    y_true: Array,
+    y_pred: Array,
+    *,
+    true_format: str,
+    pred_format: str,
+    epsilon: float,
+    axis: int,
+    temperature: float,
+    true_map: LogitMap = IDENTITY,
+    pred_map: LogitMap = IDENTITY,
+) -> tuple[Distribution, Distribution]:
+    """The two arguments of :func:`divergence` as :class:`Distribution` objects (P, Q), after the
+    logit maps of the sides given as ``"logits"``."""
     for argument, logit_map, fmt in (
         ("true_map", true_map, true_format),
         ("pred_map", pred_map, pred_format),
@@ -254,6 +313,20 @@ def divergence(
         y_true, y_pred = xp.broadcast_arrays(y_true, y_pred)
     p = Distribution(xp, y_true, true_format, axis=axis, epsilon=epsilon, temperature=temperature)
     q = Distribution(xp, y_pred, pred_format, axis=axis, epsilon=epsilon, temperature=temperature)
+    return p, q
+
+
+def divergence_of(
+    xp: Namespace,
+    p: Distribution,
+    q: Distribution,
+    *,
+    axis: int,
+    direction: str = "forward",
+    beta: float | None = None,
+    elementwise: bool = False,
+) -> Array:
+    """:func:`divergence` of two :class:`Distribution` objects (from :func:`distributions`)."""
     total = None if elementwise else axis
     if beta is not None:
         return js(xp, p, q, beta, total)

@@ -19,9 +19,15 @@ import numpy as np
 
 
 def per_sample_numpy(
-    options: Any, y_true: np.ndarray, y_pred: np.ndarray, keep: Any, axis: int
+    options: Any,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    keep: Any,
+    axis: int,
+    record: Callable[[np.ndarray], None] | None = None,
 ) -> np.ndarray:
-    """Per-sample divergence of NumPy arrays (no gradient: NumPy has no autograd)."""
+    """Per-sample divergence of NumPy arrays (no gradient: NumPy has no autograd); ``record``
+    receives a copy of the values before ``T²``."""
     from .numba_cpu import fused_rows
 
     t = np.ascontiguousarray(np.moveaxis(y_true, axis, -1))
@@ -45,6 +51,8 @@ def per_sample_numpy(
     )
     if not options.validate:  # (validate=True has raised on such values already)
         _warn_outside(options, np.bitwise_or.reduce(outside) if rows else 0)
+    if record is not None:
+        record(values.reshape(batch_shape).copy())
     values *= options.loss_scale
     return values.astype(p.dtype, copy=False).reshape(batch_shape)
 
@@ -71,6 +79,7 @@ def per_sample_torch(
     reduce: Callable[[Any], Any] | None = None,
     *,
     kernel: str,
+    record: Callable[[Any], None] | None = None,
 ) -> Any:
     """Per-sample divergence of torch tensors, differentiable w.r.t. ``y_pred``; with ``reduce``,
     ``reduce(per-sample divergence)`` as one autograd node. ``kernel`` (``"numba"`` or ``"triton"``)
@@ -82,8 +91,9 @@ def per_sample_torch(
     CUDA the backward pass always multiplies by ``upstream / hint`` (checking the guess would
     synchronise with the host). ``reduce`` must be a reduction whose gradient is exactly
     ``grad_scale_hint`` at every row (an unweighted sum or mean); the node's upstream gradient is
-    then one scalar and the stored gradient is scaled by it alone.
+    then one scalar and the stored gradient is scaled by it alone. ``record`` receives the per-sample
+    values before ``T²``, detached (``return_stats``).
     """
     from .torch_function import FusedDivergence
 
-    return FusedDivergence.apply(y_true, y_pred, keep, axis, options, kernel, grad_scale_hint, reduce)
+    return FusedDivergence.apply(y_true, y_pred, keep, axis, options, kernel, grad_scale_hint, reduce, record)

@@ -109,10 +109,11 @@ def _rows_last(x: torch.Tensor, axis: int) -> torch.Tensor:
 
 class FusedDivergence(torch.autograd.Function):
     """Per-sample divergence of ``y_true`` (no gradient) and ``y_pred`` (gradient from the kernel),
-    optionally followed by a linear reduction whose gradient is ``grad_scale_hint`` at every row."""
+    optionally followed by a linear reduction whose gradient is ``grad_scale_hint`` at every row.
+    ``record`` receives a detached copy of the per-sample values before ``T²`` (``return_stats``)."""
 
     @staticmethod
-    def forward(ctx, y_true, y_pred, keep, axis, options, kernel, grad_scale_hint, reduce=None):
+    def forward(ctx, y_true, y_pred, keep, axis, options, kernel, grad_scale_hint, reduce=None, record=None):
         t, p = _rows_last(y_true, axis), _rows_last(y_pred, axis)
         batch_shape, n = p.shape[:-1], p.shape[-1]
         rows = math.prod(batch_shape)
@@ -132,6 +133,8 @@ class FusedDivergence(torch.autograd.Function):
             ctx.hint = scale
             ctx.layout = (tuple(p.shape), axis, keep_rows, options, triton, reduce is not None)
             ctx.consumed = False
+        if record is not None:
+            record(values.reshape(batch_shape).clone())
         if squared_t != 1.0:
             values *= squared_t
         # float16 / bfloat16 y_pred (the Triton kernel reads them as they are): float32 values,
@@ -172,4 +175,4 @@ class FusedDivergence(torch.autograd.Function):
         grad = grad.reshape(moved_shape)
         if axis not in (-1, len(moved_shape) - 1):
             grad = torch.movedim(grad, -1, axis)
-        return None, grad, None, None, None, None, None, None
+        return None, grad, None, None, None, None, None, None, None

@@ -23,6 +23,10 @@ Two PyTorch-specific rules (decided per call, nothing is probed at import):
   CUDA autocast's float32 list). Outside autocast, float16 / bfloat16 inputs accumulate in float32
   and return their own dtype (kldiv's rule).
 
+``return_stats=True`` (constructor or functional keyword) returns ``(loss, stats)``: per-sample
+``per_token``, ``teacher_lse``, ``student_lse`` and ``student_entropy``, detached, the names and
+definitions of the fused losses' statistics (:mod:`kldiv.torch._stats`).
+
 Data parallel (DDP): the loss holds no parameters and no state. Ranks whose batches count different
 numbers of items (masked tokens) pass a mean reduction ``num_items = global_count / world_size``
 (``global_count`` from an ``all_reduce`` of the local counts): DDP *averages* the ranks' gradients,
@@ -33,9 +37,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from kldiv import _validate
 from kldiv import losses as _losses
 from kldiv._extras import require
 from kldiv.arguments import CallArguments
+from kldiv.fused._torch_stats import Stats
 from kldiv.fused.torch import (
     FusedLinearJSDivergence,
     FusedLinearKLDivergence,
@@ -43,6 +49,8 @@ from kldiv.fused.torch import (
     chunked_kl_divergence,
 )
 from kldiv.options import changed
+
+from ._stats import Collector
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -88,8 +96,16 @@ class _TorchDivergence(torch.nn.Module, _losses.Wrapper):
 
     _agnostic: ClassVar[type[_losses._DivergenceLoss]]
 
-    def __init__(self, reduction: str | None = "auto", name: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        reduction: str | None = "auto",
+        name: str | None = None,
+        *,
+        return_stats: bool = False,
+        **options: Any,
+    ) -> None:
         super().__init__()
+        self.return_stats = _validate.flag("return_stats", return_stats)
         self.loss = self._agnostic(reduction=reduction, name=name, **options)
         # The loss with and without the autocast override, built here so that nothing is
         # constructed while torch.compile traces.
@@ -104,34 +120,53 @@ class _TorchDivergence(torch.nn.Module, _losses.Wrapper):
         y_pred: Tensor,
         sample_weight: Tensor | None = None,
         **arguments: Unpack[CallArguments],
-    ) -> Tensor:
-        """The weighted, reduced loss (see :meth:`kldiv.KLDivergence.__call__`)."""
-        return self._variants[_autocast(y_pred)](y_true, y_pred, sample_weight, **arguments)
+    ) -> Tensor | tuple[Tensor, Stats]:
+        """The weighted, reduced loss (see :meth:`kldiv.KLDivergence.__call__`); with
+        ``return_stats=True``, ``(loss, stats)`` (:mod:`kldiv.torch._stats`)."""
+        loss = self._variants[_autocast(y_pred)]
+        if not self.return_stats:
+            return loss(y_true, y_pred, sample_weight, **arguments)
+        stats = Collector()
+        return loss._call(y_true, y_pred, sample_weight, arguments, stats), stats.result()
 
     def get_config(self) -> dict[str, Any]:
-        """``reduction``, ``name`` and every option; ``from_config`` rebuilds an equal module."""
-        return self.loss.get_config()
+        """``reduction``, ``name``, every option and ``return_stats``; ``from_config`` rebuilds an
+        equal module."""
+        return {**self.loss.get_config(), "return_stats": self.return_stats}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Any:
         return cls(**config)
 
     def extra_repr(self) -> str:
-        return changed(self.get_config(), self._agnostic().get_config())
+        return changed(self.get_config(), {**self._agnostic().get_config(), "return_stats": False})
 
 
 class KLDivergence(_TorchDivergence):
-    """Kullback–Leibler divergence KL(y_true ‖ y_pred) as a ``torch.nn.Module``.
+    r"""Kullback–Leibler divergence KL(y_true ‖ y_pred) as a ``torch.nn.Module``.
 
     ``forward(y_true, y_pred, sample_weight=None, *, mask=None, labels=None, num_items=None)``;
     options and reductions as :class:`kldiv.KLDivergence` (``"batchmean"`` is PyTorch's
     ``F.kl_div(reduction="batchmean")``: per sample of the leading axis).
+
+    ``return_stats=True`` (keyword-only; the functional forms take it too): ``forward`` returns
+    ``(loss, stats)``, ``stats`` a dict with attribute access of detached tensors of the per-sample
+    shape, the fused path's names and definitions (:mod:`kldiv.torch._stats`, with the math):
+    ``per_token`` (the divergence before ``sample_weight``, ``T²`` and the reduction), ``teacher_lse``
+    and ``student_lse`` (:math:`\log\sum_i e^{s_i}` of the row ``s`` = ``x / T`` of logits and
+    log-probabilities, ``log(x) / T`` of probabilities), ``student_entropy`` (:math:`H(Q)` of the
+    student's distribution as the formula forms it); 0 at masked positions. The loss and its
+    gradients are those of the call without statistics.
 
     Example:
         >>> import torch, kldiv.torch
         >>> loss = kldiv.torch.KLDivergence(reduction="sum")
         >>> print(f"{loss(torch.tensor([[0., 1.]]), torch.tensor([[0.6, 0.4]])).item():.4f}")
         0.9163
+        >>> with_stats = kldiv.torch.KLDivergence(reduction="sum", epsilon=0, return_stats=True)
+        >>> value, stats = with_stats(torch.tensor([[0., 1.]]), torch.tensor([[0.6, 0.4]]))
+        >>> print(f"{stats.per_token[0]:.4f} {stats.student_entropy[0]:.4f} {stats.teacher_lse[0]:.1f}")
+        0.9163 0.6730 0.0
     """
 
     _agnostic = _losses.KLDivergence
@@ -150,15 +185,19 @@ kl_divergence = _losses.functional(
     _losses.KLDivergence,
     "kl_divergence",
     """Functional :class:`KLDivergence`; with the default ``reduction="none"`` and no weight it is
-    the per-sample loss of :func:`kldiv.kl_divergence` (same options).""",
+    the per-sample loss of :func:`kldiv.kl_divergence` (same options). ``return_stats=True`` returns
+    ``(loss, stats)`` (:mod:`kldiv.torch._stats`).""",
     _call_overrides,
+    Collector,
 )
 kl_divergence.__module__ = __name__
 
 js_divergence = _losses.functional(
     _losses.JSDivergence,
     "js_divergence",
-    """Functional :class:`JSDivergence` (per-sample by default, like :func:`kldiv.js_divergence`).""",
+    """Functional :class:`JSDivergence` (per-sample by default, like :func:`kldiv.js_divergence`);
+    ``return_stats=True`` returns ``(loss, stats)`` (:mod:`kldiv.torch._stats`).""",
     _call_overrides,
+    Collector,
 )
 js_divergence.__module__ = __name__
