@@ -13,7 +13,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import kldiv.torch as kt
-from kldiv.distributed.torch import VocabParallelJSDivergence, VocabParallelKLDivergence
+from kldiv.distributed.torch import (
+    VocabParallelFusedLinearJSDivergence,
+    VocabParallelFusedLinearKLDivergence,
+    VocabParallelJSDivergence,
+    VocabParallelKLDivergence,
+)
 
 ROWS, VOCAB, HIDDEN = 24, 64, 16
 LOSS, FUSED, VOCAB_PARALLEL = "loss", "fused", "vocab"
@@ -33,6 +38,14 @@ class Case:
         if issubclass(self.cls, (VocabParallelKLDivergence, VocabParallelJSDivergence)):
             return VOCAB_PARALLEL
         return LOSS
+
+    @property
+    def collective(self) -> bool:
+        """A vocabulary-parallel class: it needs a process group and real data (its collectives); on the
+        one-rank test group a fused one is the fused loss on the full head."""
+        parallel = (VocabParallelKLDivergence, VocabParallelJSDivergence)
+        fused = (VocabParallelFusedLinearKLDivergence, VocabParallelFusedLinearJSDivergence)
+        return issubclass(self.cls, (*parallel, *fused))
 
     @property
     def is_js(self) -> bool:
@@ -124,6 +137,30 @@ CASES = [
         VocabParallelJSDivergence,
         dict(reduction="batchmean", beta=0.3),
         "VocabParallelJSDivergence(reduction='batchmean', beta=0.3)",
+    ),
+    Case(
+        "vocab-fused-kl-default",
+        VocabParallelFusedLinearKLDivergence,
+        {},
+        "VocabParallelFusedLinearKLDivergence()",
+    ),
+    Case(
+        "vocab-fused-kl-options",
+        VocabParallelFusedLinearKLDivergence,
+        dict(direction="reverse", temperature=2.0, chunk_size=8),
+        "VocabParallelFusedLinearKLDivergence(direction='reverse', temperature=2.0, chunk_size=8)",
+    ),
+    Case(
+        "vocab-fused-js-default",
+        VocabParallelFusedLinearJSDivergence,
+        {},
+        "VocabParallelFusedLinearJSDivergence()",
+    ),
+    Case(
+        "vocab-fused-js-options",
+        VocabParallelFusedLinearJSDivergence,
+        dict(beta=0.3, reduction="sum", chunk_size=5),
+        "VocabParallelFusedLinearJSDivergence(reduction='sum', beta=0.3, chunk_size=5)",
     ),
 ]
 
@@ -244,6 +281,6 @@ class LossDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         case = CASES[index]
-        if case.family == VOCAB_PARALLEL:
+        if case.collective:
             ensure_process_group()
         return compute(self.losses[index], case, inputs(case))

@@ -21,7 +21,6 @@ from kldiv.distributed.torch import VocabParallelJSDivergence, VocabParallelKLDi
 from .cases import (
     CASES,
     FUSED,
-    VOCAB_PARALLEL,
     Case,
     Holder,
     LossDataset,
@@ -76,7 +75,7 @@ def test_cases_cover_every_module_class_of_kldiv() -> None:
         for name, value in vars(namespace).items()
         if not name.startswith("_") and isinstance(value, type) and issubclass(value, torch.nn.Module)
     }
-    assert len(classes) == 6
+    assert len(classes) == 8
     for cls in classes:
         kwargs = [case.kwargs for case in CASES if case.cls is cls]
         assert {} in kwargs and any(kwargs), cls
@@ -130,7 +129,7 @@ def test_model_conversion(case: Case, conversion: str) -> None:
         _assert_near_reference(case, model.loss, dtype)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.family != VOCAB_PARALLEL], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", [c for c in CASES if not c.collective], ids=lambda c: c.id)
 def test_model_on_meta_computes_shapes_on_meta_tensors(case: Case) -> None:
     """After ``model.to("meta")`` the loss runs on meta tensors (shape inference without data): a 0-d
     meta value and a meta gradient of the student's shape. (The vocabulary-parallel classes need real
@@ -151,7 +150,7 @@ def test_model_cuda(case: Case) -> None:
     model = Holder(case.make())
     assert model.cuda() is model
     assert model.linear.weight.is_cuda
-    device = "cpu" if case.family == VOCAB_PARALLEL else "cuda"
+    device = "cpu" if case.collective else "cuda"
     _assert_near_reference(case, model.loss, torch.float32, device)
     expected = compute(case.make(), case, make_inputs(case))
     _assert_same(compute(model.cpu().loss, case, make_inputs(case)), expected)

@@ -38,7 +38,7 @@ _NOT_VOCAB_PARALLEL = {
 }
 
 
-class _VocabParallelFused:
+class _VocabParallelFused(torch.nn.Module):
     """The vocabulary-parallel form of a fused-linear loss (mixed into its class): local checks, the
     ranks' agreement, then the chunk engine with a :class:`kldiv.fused._torch_vocab_parallel.Collective`."""
 
