@@ -22,8 +22,6 @@ import itertools
 import json
 import math
 import os
-import sys
-import tempfile
 import time
 import traceback
 from typing import Any
@@ -31,8 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch_worker import free_port
+from torch_worker import main
 
 from kldiv.distributed.torch import VocabParallelFusedLinearJSDivergence, VocabParallelFusedLinearKLDivergence
 from kldiv.fused.torch import FusedLinearJSDivergence, FusedLinearKLDivergence
@@ -525,22 +522,5 @@ def rank_main(rank: int, world: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def run_world(world: int) -> dict[str, Any]:
-    os.environ["MASTER_PORT"] = str(free_port())
-    begin = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(rank_main, args=(world, out_dir), nprocs=world, join=True)
-        ranks = []
-        for rank in range(world):
-            with open(os.path.join(out_dir, f"rank{rank}.json")) as handle:
-                ranks.append(json.load(handle))
-    return {"world": world, "seconds": time.perf_counter() - begin, "ranks": ranks}
-
-
-def main() -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
-    print(json.dumps({"worlds": [run_world(int(world)) for world in sys.argv[1:]]}))
-
-
 if __name__ == "__main__":
-    main()
+    main(rank_main)

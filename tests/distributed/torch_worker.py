@@ -407,12 +407,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_world(world: int) -> dict[str, Any]:
-    """Spawn ``world`` ranks on a free 127.0.0.1 port; their results, rank by rank."""
+def run_world(world: int, entry: Any = None) -> dict[str, Any]:
+    """Spawn ``world`` ranks of ``entry(rank, world, out_dir)`` (default :func:`rank_main`; each writes
+    ``rank<r>.json`` into ``out_dir``) on a free 127.0.0.1 port; their results, rank by rank."""
     os.environ["MASTER_PORT"] = str(free_port())
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(rank_main, args=(world, out_dir), nprocs=world, join=True)
+        mp.spawn(entry or rank_main, args=(world, out_dir), nprocs=world, join=True)
         ranks = []
         for rank in range(world):
             with open(os.path.join(out_dir, f"rank{rank}.json")) as handle:
@@ -420,9 +421,10 @@ def run_world(world: int) -> dict[str, Any]:
     return {"world": world, "seconds": time.perf_counter() - begin, "ranks": ranks}
 
 
-def main() -> None:
+def main(entry: Any = None) -> None:
+    """``python <worker>.py 2 4``: each world size's ranks of ``entry``, one JSON report on stdout."""
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
-    print(json.dumps({"worlds": [run_world(int(world)) for world in sys.argv[1:]]}))
+    print(json.dumps({"worlds": [run_world(int(world), entry) for world in sys.argv[1:]]}))
 
 
 if __name__ == "__main__":

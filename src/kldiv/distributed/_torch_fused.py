@@ -15,9 +15,8 @@ from kldiv.core.reductions import token_weights
 from kldiv.fused._torch_chunks import Inputs
 from kldiv.fused._torch_vocab_parallel import TEACHER_INPUTS, Collective
 from kldiv.fused.torch import FusedLinearJSDivergence, FusedLinearKLDivergence
-from kldiv.options import changed
 
-from ._torch_group import VOCAB, SharedGroup, agree, descriptor, require_initialized
+from ._torch_group import VOCAB, GroupModule, agree, descriptor, require_initialized
 
 torch = require("torch", "kldiv.distributed.torch")
 
@@ -38,7 +37,7 @@ _NOT_VOCAB_PARALLEL = {
 }
 
 
-class _VocabParallelFused(torch.nn.Module):
+class _VocabParallelFused(GroupModule):
     """The vocabulary-parallel form of a fused-linear loss (mixed into its class): local checks, the
     ranks' agreement, then the chunk engine with a :class:`kldiv.fused._torch_vocab_parallel.Collective`."""
 
@@ -57,28 +56,13 @@ class _VocabParallelFused(torch.nn.Module):
             )
         super().__init__(reduction, **options)
         self.reduce_hidden_grad = reduce_hidden_grad
-        self._group = None if group is None else SharedGroup(group, type(self).__name__)
-
-    @property
-    def group(self) -> Any:
-        """The process group sharing the vocabulary (None: the default group)."""
-        return None if self._group is None else self._group.group
+        self._hold(group)
 
     def get_config(self) -> dict[str, Any]:
         """``reduction``, every option, the chunking and logit-map settings and ``reduce_hidden_grad``
         (not ``group``, which is not serialisable)."""
         config = {k: v for k, v in super().get_config().items() if k not in _NOT_VOCAB_PARALLEL}
         return {**config, "reduce_hidden_grad": self.reduce_hidden_grad}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], group: Any = None) -> Any:
-        """The loss of :meth:`get_config`'s ``config``, on ``group``."""
-        return cls(**config, group=group)
-
-    def extra_repr(self) -> str:
-        """The arguments that differ from a default-constructed module's (``group`` when one is given)."""
-        shown = changed(self.get_config(), type(self)().get_config())
-        return shown if self.group is None else ", ".join(filter(None, (shown, f"group={self.group!r}")))
 
     def forward(
         self,

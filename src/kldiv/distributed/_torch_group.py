@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kldiv._extras import require
+from kldiv.options import changed
 
 torch = require("torch", "kldiv.distributed.torch")
 dist = require("torch.distributed", "kldiv.distributed.torch")
@@ -120,6 +121,30 @@ class SharedGroup:
             "the process that created it. Pickle it with `group=None` (the default group of the receiving "
             f"process), or save `get_config()` and rebuild it with `{self.owner}.from_config(config, group)`."
         )
+
+
+class GroupModule(torch.nn.Module):
+    """An ``nn.Module`` loss computed over a process group: the group it holds (a :class:`SharedGroup`:
+    shared by copies, not pickled), ``from_config(config, group)`` and a ``repr`` of the arguments that
+    differ from a default-constructed module's, ``group`` included when one is given."""
+
+    def _hold(self, group: Any) -> None:
+        self._group = None if group is None else SharedGroup(group, type(self).__name__)
+
+    @property
+    def group(self) -> Any:
+        """The process group sharing the vocabulary (None: the default group)."""
+        return None if self._group is None else self._group.group
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], group: Any = None) -> Any:
+        """The loss of :meth:`get_config`'s ``config``, on ``group``."""
+        return cls(**config, group=group)
+
+    def extra_repr(self) -> str:
+        """The arguments that differ from a default-constructed module's (``group`` when one is given)."""
+        shown = changed(self.get_config(), type(self)().get_config())
+        return shown if self.group is None else ", ".join(filter(None, (shown, f"group={self.group!r}")))
 
 
 def compare(rows: list[list[int]]) -> None:

@@ -41,12 +41,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from kldiv import losses as _losses
 from kldiv._extras import require
 from kldiv.arguments import CallArguments
-from kldiv.options import changed
 
 from . import _loss, _vocab
 from ._torch_fused import VocabParallelFusedLinearJSDivergence, VocabParallelFusedLinearKLDivergence
+from ._torch_group import GroupModule as _GroupModule
 from ._torch_group import (
-    SharedGroup,
     TorchCollectives,
     agree,
     default_device,
@@ -141,7 +140,7 @@ def _options_code(loss: Any) -> int:
     return zlib.crc32(repr(sorted(config.items())).encode())
 
 
-class _VocabParallelLoss(torch.nn.Module, _losses.Wrapper):
+class _VocabParallelLoss(_GroupModule, _losses.Wrapper):
     """A vocabulary-parallel ``nn.Module`` loss over a framework-agnostic kldiv loss's options."""
 
     _agnostic: ClassVar[type[_losses._DivergenceLoss]]
@@ -155,13 +154,8 @@ class _VocabParallelLoss(torch.nn.Module, _losses.Wrapper):
         options = {"y_true_format": "logits", "y_pred_format": "logits", **options, "backend": "core"}
         self.loss = self._agnostic(reduction=reduction, name=name, **options)
         _vocab.check_formats(self.loss.options.y_true_format, self.loss.options.y_pred_format)
-        self._group = None if group is None else SharedGroup(group, type(self).__name__)
+        self._hold(group)
         self._options_code = _options_code(self.loss)
-
-    @property
-    def group(self) -> Any:
-        """The process group sharing the vocabulary (None: the default group)."""
-        return None if self._group is None else self._group.group
 
     def forward(
         self,
@@ -217,16 +211,6 @@ class _VocabParallelLoss(torch.nn.Module, _losses.Wrapper):
         config = self.loss.get_config()
         del config["backend"]
         return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], group: Any = None) -> Any:
-        """The loss of :meth:`get_config`'s ``config``, on ``group``."""
-        return cls(**config, group=group)
-
-    def extra_repr(self) -> str:
-        """The arguments that differ from a default-constructed module's (``group`` when one is given)."""
-        shown = changed(self.get_config(), type(self)().get_config())
-        return shown if self.group is None else ", ".join(filter(None, (shown, f"group={self.group!r}")))
 
 
 class VocabParallelKLDivergence(_VocabParallelLoss):
