@@ -239,6 +239,45 @@ def measure(case: Case, seed: int = 0) -> dict[str, float]:
     return _errors(loss.detach(), grads, loss64.detach(), grads64)
 
 
+def _stats64(teacher: torch.Tensor, student: torch.Tensor, direction: str) -> dict[str, torch.Tensor]:
+    """The statistics' definitions in float64 on logits (``T = 1``): log-sum-exps, student entropy and
+    the per-token divergence."""
+    log_p, log_q = torch.log_softmax(teacher, -1), torch.log_softmax(student, -1)
+    return {
+        "per_token": _divergence64(log_p, log_q, direction, None),
+        "teacher_lse": torch.logsumexp(teacher, -1),
+        "student_lse": torch.logsumexp(student, -1),
+        "student_entropy": -(log_q.exp() * log_q).sum(-1),
+    }
+
+
+def stats_errors(backends: list[str]) -> list[tuple[str, dict[str, float]]]:
+    """``return_stats`` of the ``kldiv.torch`` losses and of the fused loss against their float64
+    definitions: ``max |s − s64| / max |s64|`` per statistic."""
+    x = _inputs(1)
+    logits = x["hidden"] @ x["weight"].T + x["bias"]
+    expected = _stats64(x["teacher"].double(), logits.double(), "reverse")
+    out = []
+    for backend in backends:
+        loss = kt.KLDivergence(
+            y_true_format="logits", from_logits=True, direction="reverse", backend=backend, return_stats=True
+        )
+        _, stats = loss(x["teacher"], logits)
+        fused = kt.FusedLinearKLDivergence(direction="reverse", backend=backend, return_stats=True)
+        _, fused_stats = fused(x["hidden"], x["weight"], x["bias"], teacher_logits=x["teacher"])
+        for name, found in ((f"kldiv.torch {backend}", stats), (f"fused {backend}", fused_stats)):
+            out.append(
+                (
+                    name,
+                    {
+                        key: float((found[key].double() - value).abs().max() / value.abs().max())
+                        for key, value in expected.items()
+                    },
+                )
+            )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -258,6 +297,9 @@ def main() -> None:
         for k, v in errors.items():
             worst[k] = max(worst.get(k, 0.0), v)
     print("largest: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+    print("\nreturn_stats (reverse KL of logits), max |s − s64| / max |s64|")
+    for name, errors in stats_errors([b for b in backends if b != "triton"]):
+        print(f"{name:24s} " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
 
 
 if __name__ == "__main__":
