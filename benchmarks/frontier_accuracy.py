@@ -8,7 +8,9 @@ largest over all of them. Small sizes (BT = 64, H = 32, V = 1000): this measures
 not the speed (``kldiv bench fused-linear`` does that).
 
     python benchmarks/frontier_accuracy.py            # CPU: Numba kernels and the autograd path
-    TRITON_INTERPRET=1 python benchmarks/frontier_accuracy.py --triton   # the Triton kernels too
+
+(The Triton kernels run on CUDA only through the public API; on a CPU their interpreter is reached by
+the tests' hook, ``tests/fused/test_fused_triton.py``.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from typing import Any
 import torch
 
 import kldiv.torch as kt
-from kldiv.fused import _torch_chunks
 from kldiv.fused.torch import topk_teacher
 
 BT, H, V, K = 64, 32, 1000, 32
@@ -140,13 +141,7 @@ def _fused_case(
             )
             teacher = {"teacher_topk_indices": indices, "teacher_topk_values": values}
             x["stored"] = (indices, values)
-        arrays = _torch_chunks.DEVICE_ARRAYS["cpu"]
-        # the test hook that sends CPU chunks to the Triton kernel (its interpreter)
-        _torch_chunks.DEVICE_ARRAYS["cpu"] = "cuda" if backend == "triton" else "torch"
-        try:
-            return loss_fn(x["hidden"], x["weight"], x["bias"], labels=x["labels"], **teacher)
-        finally:
-            _torch_chunks.DEVICE_ARRAYS["cpu"] = arrays
+        return loss_fn(x["hidden"], x["weight"], x["bias"], labels=x["labels"], **teacher)
 
     def reference(x: dict[str, Any]) -> Any:
         s = _softcap(
@@ -279,12 +274,8 @@ def stats_errors(backends: list[str]) -> list[tuple[str, dict[str, float]]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--triton", action="store_true", help="also the Triton kernels (set TRITON_INTERPRET=1 on CPU)"
-    )
-    args = parser.parse_args()
-    backends = ["numba", "core"] + (["triton"] if args.triton else [])
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+    backends = ["numba", "core"]
     worst: dict[str, float] = {}
     print(f"float32 inputs, BT={BT} H={H} V={V} k={K}; max |x − x64| / max |x64| (loss: relative)")
     print(f"{'case':45s} {'loss':>9s} {'grad_h':>9s} {'grad_w':>9s} {'grad_b':>9s}")
@@ -298,7 +289,7 @@ def main() -> None:
             worst[k] = max(worst.get(k, 0.0), v)
     print("largest: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
     print("\nreturn_stats (reverse KL of logits), max |s − s64| / max |s64|")
-    for name, errors in stats_errors([b for b in backends if b != "triton"]):
+    for name, errors in stats_errors(backends):
         print(f"{name:24s} " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
 
 
