@@ -16,7 +16,7 @@ import numpy as np
 from . import _validate
 from ._prepare import Prepared
 from .core import masking
-from .core.divergences import distributions, divergence, divergence_of
+from .core.divergences import distributions, divergence_of
 from .kernels.dispatch import Plan
 from .options import Options
 
@@ -111,13 +111,12 @@ def _core(options: Options, prepared: Prepared, stats: Any = None) -> Array:
         y_true = masking.mask_input(xp, y_true, options.y_true_format, keep, prepared.axis)
         y_pred = masking.mask_input(xp, y_pred, options.y_pred_format, keep, prepared.axis)
     arguments = options.formula_arguments()
+    kind = {name: arguments.pop(name) for name in ("direction", "beta")}
     maps = {"true_map": options.teacher_map, "pred_map": options.student_map}
-    if stats is None:
-        losses = divergence(xp, y_true, y_pred, axis=prepared.axis, **maps, **arguments)
-    else:
-        kind = {name: arguments.pop(name) for name in ("direction", "beta")}
-        p, q = distributions(xp, y_true, y_pred, axis=prepared.axis, **maps, **arguments)
-        losses = divergence_of(xp, p, q, axis=prepared.axis, **kind)
+    # core.divergences.divergence in its two steps, so that the statistics read the distributions
+    p, q = distributions(xp, y_true, y_pred, axis=prepared.axis, **maps, **arguments)
+    losses = divergence_of(xp, p, q, axis=prepared.axis, **kind)
+    if stats is not None:
         # The statistics are exact-mode quantities: from the loss's own distributions in exact
         # mode, from the inputs where the loss applies the Keras clip.
         if options.epsilon == 0:
