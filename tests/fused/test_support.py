@@ -406,6 +406,42 @@ def test_jax_support_against_float64(support, kind):
         np.testing.assert_allclose(np.asarray(got), ref.numpy(), rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("support", ["student", "union"])
+def test_jax_support_with_soft_caps(support):
+    """The logit maps apply before the support is chosen and coarsened (as in the torch losses)."""
+    jax, jnp = pytest.importorskip("jax"), pytest.importorskip("jax.numpy")
+    from kldiv.fused.jax import fused_linear_kl_divergence
+
+    t = tensors(seed=9)
+    caps = {"student_softcap": 2.0, "teacher_softcap": 1.5, "teacher_logit_scale": 1.3}
+    options = {"direction": "reverse", "temperature": T, "scale_by_temperature_squared": True}
+
+    def loss(h, w, b, th, tw):
+        return fused_linear_kl_divergence(
+            h,
+            w,
+            b,
+            teacher_hidden=th,
+            teacher_weight=tw,
+            chunk_size=4,
+            support=support,
+            topk=K,
+            **options,
+            **caps,
+        )
+
+    with jax.enable_x64(True):
+        arrays = [jnp.asarray(t[n].detach().numpy(), dtype=jnp.float64) for n in ("h", "w", "b", "th", "tw")]
+        value, grads = jax.value_and_grad(loss, argnums=range(3))(*arrays)
+    h, w, b, th, tw = (t[n].detach().double().requires_grad_() for n in ("h", "w", "b", "th", "tw"))
+    student = 2.0 * torch.tanh((h @ w.T + b) / 2.0)
+    teacher = 1.5 * torch.tanh(1.3 * (th @ tw.T) / 1.5)
+    want = reduce(reference_per_token(teacher, student, support, K, options), None, "token_mean")
+    np.testing.assert_allclose(float(value), want.item(), rtol=1e-10)
+    for got, ref in zip(grads, torch.autograd.grad(want, (h, w, b)), strict=True):
+        np.testing.assert_allclose(np.asarray(got), ref.numpy(), rtol=1e-8, atol=1e-12)
+
+
 def test_jax_support_errors():
     jnp = pytest.importorskip("jax.numpy")
     from kldiv.fused.jax import fused_linear_kl_divergence

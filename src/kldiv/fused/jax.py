@@ -150,10 +150,15 @@ def _fused(
             teacher = chunk["logits"]
         else:
             teacher = chunk["hidden_teacher"] @ t_weight.T + (0.0 if t_bias is None else t_bias)
-        if k is not None:  # a dense teacher on a chosen top-k support
+        if k is not None:  # a dense teacher on a chosen top-k support, after both logit maps
+            teacher = options.teacher_map.apply(jnp, teacher)
+            student = options.student_map.apply(jnp, student)
             teacher, student = _support_log_probs(teacher, student, support, k, options.temperature)
             chunk_formats = dataclasses.replace(
-                chunk_options, y_true_format="log_probs", y_pred_format="log_probs", temperature=1.0
+                chunk_options.without_maps(),
+                y_true_format="log_probs",
+                y_pred_format="log_probs",
+                temperature=1.0,
             )
         per_token = _losses.per_sample(chunk_formats, teacher, student)
         per_token = jnp.where(chunk["keep"], per_token.astype(accumulate), 0.0)
