@@ -76,7 +76,7 @@ def namespace_of(x: Array) -> Namespace:
     except ImportError:
         own = getattr(x, "__array_namespace__", None)
         if own is not None:
-            return _with_clip(own())
+            return _with_forms(own())
         raise TypeError(
             f"kldiv needs the package array-api-compat to work with {type(x).__module__}."
             f"{type(x).__name__} arrays; install it with `pip install kldiv[array-api]`."
@@ -88,15 +88,17 @@ def namespace_of(x: Array) -> Namespace:
             f"kldiv cannot compute with arrays of type {type(x).__module__}.{type(x).__name__}: "
             "expected a NumPy, PyTorch, JAX, TensorFlow or other array-API array, or a Python list."
         ) from None
-    return _with_clip(xp)
+    return _with_forms(xp)
 
 
-def _with_clip(xp: Namespace) -> Namespace:
-    """``xp``, with its own form of the core's clip registered first where it has one (JAX)."""
+def _with_forms(xp: Namespace) -> Namespace:
+    """``xp``, with its own forms of the core's clip and exact forward KL registered first where it
+    has them (JAX: :mod:`kldiv._jax_clip`, :mod:`kldiv._jax_exact`)."""
     if getattr(xp, "__name__", "") == "jax.numpy" and "jax.numpy" not in divergences.CLIPS:
-        from . import _jax_clip
+        from . import _jax_clip, _jax_exact
 
         divergences.CLIPS["jax.numpy"] = _jax_clip.clip
+        divergences.EXACT_FORWARD_KL["jax.numpy"] = _jax_exact.forward_kl
     return xp
 
 

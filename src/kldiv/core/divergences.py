@@ -40,6 +40,7 @@ logit scale): ``log_softmax(φ(z) / T)``, the gradient through ``φ`` by the nam
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -205,14 +206,43 @@ def _total(xp: Namespace, terms: Array, axis: int | None) -> Array:
     return terms if axis is None else xp.sum(terms, axis=axis)
 
 
+EXACT_FORWARD_KL: dict[str, Callable[[Array, Array, int, Callable[[Array, Array], Array]], Array]] = {}
+"""Exact mode's forward KL of two probability arrays for one namespace (by its ``__name__``) where a
+framework's compiler needs another form of it (``jax.numpy``: :mod:`kldiv._jax_exact`). Called as
+``special(t, p, axis, reference)``; ``reference(t, p)`` is the core's own program, which the special
+must equal (values, NaN/inf pattern, gradient) and may fall back to."""
+
+
 def kl(xp: Namespace, a: Distribution, b: Distribution, axis: int | None) -> Array:
     r""":math:`\mathrm{KL}(A \,\|\, B) = \sum_i a_i (\log a_i - \log b_i)` along ``axis``
     (``axis=None``: the terms)."""
-    if a.epsilon > 0 and a.probs is not None and b.probs is not None:
-        # The Keras program itself, operation for operation, so float32 results round alike.
-        return _total(xp, a.probs * xp.log(a.probs / b.probs), axis)
+    if a.probs is not None and b.probs is not None:
+        if a.epsilon > 0:
+            # The Keras program itself, operation for operation, so float32 results round alike.
+            return _total(xp, a.probs * xp.log(a.probs / b.probs), axis)
+        special = EXACT_FORWARD_KL.get(getattr(xp, "__name__", ""))
+        if special is not None and axis is not None:
+            return special(a.probs, b.probs, axis, _exact_probs_program(xp, axis))
+    return _masked_kl(xp, a, b, axis)
+
+
+def _masked_kl(xp: Namespace, a: Distribution, b: Distribution, axis: int | None) -> Array:
+    """Exact mode's KL (and Keras mode's of log-probabilities): ``0 · log 0 = 0`` by the zero mask."""
     zero = a.zeros()
     return _total(xp, grads.forward_term(a.prob(zero), a.log(zero), b.log(zero)), axis)
+
+
+@functools.cache
+def _exact_probs_program(xp: Namespace, axis: int) -> Callable[[Array, Array], Array]:
+    """:func:`_masked_kl` of two probability arrays in exact mode, as one function of the arrays (one
+    object per namespace and axis, so a compiler can take it as a static argument)."""
+
+    def program(t: Array, p: Array) -> Array:
+        a = Distribution(xp, t, "probs", axis=axis, epsilon=0.0, temperature=1.0)
+        b = Distribution(xp, p, "probs", axis=axis, epsilon=0.0, temperature=1.0)
+        return _masked_kl(xp, a, b, axis)
+
+    return program
 
 
 def entropy(xp: Namespace, a: Distribution, axis: int | None) -> Array:
