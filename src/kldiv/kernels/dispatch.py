@@ -6,14 +6,13 @@ and JAX adapters; the chunked and fused-linear losses) describes its inputs as a
 and follows the :class:`Plan` it gets back.
 
 ``backend="auto"`` (default) uses a kernel for arrays of float32 / float64 (float16 / bfloat16 are
-computed as float32) with at least :data:`AUTO_THRESHOLD_NUMPY` (NumPy, 2¹⁵),
-:data:`AUTO_THRESHOLD_GRAD` (a torch ``y_pred`` that requires a gradient, 2¹³) or
-:data:`AUTO_THRESHOLD` (other torch tensors, 2¹⁷) elements: the Numba kernel for NumPy arrays and CPU
-torch tensors when Numba is installed, the Triton kernel for CUDA torch tensors when Triton is
-installed. Below the threshold, the call overhead of a kernel outweighs its gain:
-``benchmarks/auto_threshold.py`` times both paths from 2⁸ to 2²⁰ elements; the kernel wins from
-16 K elements on NumPy arrays, from 4–16 K on torch tensors with a gradient (one autograd node
-against the core's six) and from 65–262 K on torch tensors without one (``benchmarks/RESULTS.md``).
+computed as float32) with at least :data:`AUTO_THRESHOLD` (2¹², 4,096) elements: the Numba kernel for
+NumPy arrays and CPU torch tensors when Numba is installed, the Triton kernel for CUDA torch tensors
+when Triton is installed. ``benchmarks/auto_threshold.py`` times both paths from 2⁸ to 2²⁰ elements;
+the kernel was faster than the core at every size from 200–1,000 elements on NumPy arrays and on
+torch tensors, with or without a gradient, on an Intel Xeon (AVX-512) and an AMD EPYC (AVX2)
+(``benchmarks/RESULTS.md``, session 13): below 2¹² elements both take a fraction of a millisecond,
+and a tiny call keeps the core (no kernel import or compiled-code load for it).
 Chunked and fused-linear calls have no threshold: their chunks are large by construction.
 ``backend="numba"`` / ``"triton"`` asks for that kernel (an error if it cannot serve the call),
 ``backend="core"`` for the core. ``backend="triton"`` also accepts CPU torch tensors while
@@ -42,9 +41,7 @@ import numpy as np
 from .._namespace import dtype_name
 
 BACKENDS = ("auto", "core", "numba", "triton")
-AUTO_THRESHOLD = 1 << 17
-AUTO_THRESHOLD_GRAD = 1 << 13
-AUTO_THRESHOLD_NUMPY = 1 << 15
+AUTO_THRESHOLD = 1 << 12
 _KERNEL_NAMES = {"numba": "Numba", "triton": "Triton"}
 _LOW_PRECISION = ("float16", "bfloat16")
 
@@ -81,7 +78,6 @@ class Request:
         same_shape: ``y_true`` and ``y_pred`` have one shape (no broadcasting).
         elements: the number of elements of ``y_pred``.
         y_true_grad: ``y_true`` (the teacher) needs a gradient.
-        y_pred_grad: ``y_pred`` needs a gradient (torch, with autograd enabled).
         chunked: a chunked / fused-linear call (no size threshold).
         support: a chunked call comparing a dense teacher on a chosen top-k support (``support=``,
             ``topk=``: :func:`kldiv.core.topk.support_log_probs`), which no kernel computes.
@@ -94,7 +90,6 @@ class Request:
     same_shape: bool = True
     elements: int = 0
     y_true_grad: bool = False
-    y_pred_grad: bool = False
     chunked: bool = False
     support: bool = False
     source: str = ""
@@ -136,8 +131,6 @@ def array_kind(xp: Any, x: Any) -> str | None:
 
 def describe(xp: Any, y_true: Any, y_pred: Any) -> Request:
     """The :class:`Request` of a call on two arrays of namespace ``xp``."""
-    torch = sys.modules.get("torch")
-    grad_enabled = torch is not None and torch.is_grad_enabled()
     device = getattr(getattr(y_pred, "device", None), "type", None)
     return Request(
         arrays=array_kind(xp, y_pred),
@@ -146,7 +139,6 @@ def describe(xp: Any, y_true: Any, y_pred: Any) -> Request:
         same_shape=tuple(y_true.shape) == tuple(y_pred.shape),
         elements=0 if None in tuple(y_pred.shape) else math.prod(y_pred.shape),  # None: symbolic
         y_true_grad=bool(getattr(y_true, "requires_grad", False)),
-        y_pred_grad=bool(getattr(y_pred, "requires_grad", False)) and grad_enabled,
         source=f"{getattr(xp, '__name__', xp)} on {device or 'its device'}",
     )
 
@@ -197,7 +189,7 @@ def _kernel(options: Any, request: Request) -> str | None:
     kernel = "triton" if request.arrays == "cuda" else "numba"
     if unsupported_reason(options, request, kernel) is not None:
         return None
-    if request.chunked or request.elements >= auto_threshold(request):
+    if request.chunked or request.elements >= AUTO_THRESHOLD:
         return kernel
     return None
 
@@ -219,13 +211,6 @@ def plan(
     if request.arrays != "numpy" and not request.chunked and reduction_gradient is not None:
         scale = reduction_gradient()
     return Plan(kernel=kernel, widen=not narrow, gradient_scale=scale)
-
-
-def auto_threshold(request: Request) -> int:
-    """The fewest elements from which ``backend="auto"`` runs a kernel."""
-    if request.arrays == "numpy":
-        return AUTO_THRESHOLD_NUMPY
-    return AUTO_THRESHOLD_GRAD if request.y_pred_grad else AUTO_THRESHOLD
 
 
 def _dynamo_tracing() -> bool:
