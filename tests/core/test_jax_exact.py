@@ -1,8 +1,9 @@
 """JAX's form of exact mode's forward KL (:mod:`kldiv._jax_exact`) is the core's program: the same
 values (to rounding), the same NaN/inf pattern and the same gradient as the generic masked program
 and as NumPy's core, on hostile rows (zeros, −0, NaN, ±inf, negative entries, ``p = 0`` under
-``t = 0`` and ``t > 0``, tiny and subnormal entries, one-hot rows), eagerly, under ``jit``, ``vmap``
-and ``grad``; dtypes it does not serve (float16, mixed, broadcast shapes) go to the core's program."""
+``t = 0`` and ``t > 0``, NaN, +inf and negative ``p`` under ``t = 0``, tiny and subnormal entries,
+one-hot rows), eagerly, under ``jit``, ``vmap``, ``grad`` and ``jvp``; dtypes it does not serve
+(float16, mixed, broadcast shapes) go to the core's program."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ HOSTILE_T = [
     [1e-30, 1e-38, 1e-41, 1.0],  # tiny and subnormal t (XLA flushes subnormals)
     [100.0, 0.5, 0.0, 0.0],  # small normal p: a ratio that overflows (t/p > 3.4e38)
     [2e-38, 1.0, 0.0, 0.0],  # small normal t against a large p: a ratio that underflows to 0
+    [0.0, 0.0, 0.0, 1.0],  # t = 0 where p is NaN, +inf or negative (masked terms)
 ]
 HOSTILE_P = [
     [0.1, 0.2, 0.3, 0.4],
@@ -54,6 +56,7 @@ HOSTILE_P = [
     [0.25, 0.25, 0.25, 0.25],
     [2e-37, 0.5, 0.5, 0.5],
     [3e38, 1.0, 0.5, 0.5],
+    [NAN, INF, -0.5, 0.5],
 ]
 
 
@@ -128,11 +131,32 @@ def test_gradients_equal_the_generic_program(rows) -> None:
     def loss(f):
         return lambda a, b: jnp.sum(jnp.where(jnp.isfinite(f(a, b)), f(a, b), 0.0))
 
-    for argnums in (0, 1):
+    # argnums=1 is the closed-form rule (no tangent for t); 0 and (0, 1) differentiate the program.
+    for argnums in (0, 1, (0, 1)):
         got = jax.jit(jax.grad(loss(exact), argnums=argnums))(t, p)
         want = jax.grad(loss(generic), argnums=argnums)(t, p)
-        np.testing.assert_array_equal(np.isnan(np.asarray(got)), np.isnan(np.asarray(want)))
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, equal_nan=True)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(np.isnan(np.asarray(g)), np.isnan(np.asarray(w)))
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_mode_and_student_gradient_on_every_hostile_entry(dtype) -> None:
+    # Every (t, p) pair of the hostile table, one entry per row, so each entry's derivative is seen
+    # alone: grad w.r.t. p (the closed-form rule) and jvp with tangents for p only and for both.
+    with jax.enable_x64(dtype == np.float64):
+        t, p = hostile(dtype, list(range(len(HOSTILE_T))))
+        t, p = t.reshape(-1, 2), p.reshape(-1, 2)
+        got = jax.jit(jax.vmap(jax.grad(lambda a, b: exact(a[None], b[None])[0], argnums=1)))(t, p)
+        want = jax.vmap(jax.grad(lambda a, b: generic(a[None], b[None])[0], argnums=1))(t, p)
+        rtol = 1e-6 if dtype == np.float32 else 1e-14
+        assert_same(got, want, rtol)
+        rng = np.random.default_rng(8)
+        dt, dp = (jnp.asarray(rng.normal(size=t.shape).astype(dtype)) for _ in range(2))
+        for tangents in ((jnp.zeros_like(t), dp), (dt, dp)):
+            _, got = jax.jvp(exact, (t, p), tangents)
+            _, want = jax.jvp(generic, (t, p), tangents)
+            assert_same(got, want, rtol)
 
 
 def test_vmap_and_reductions_are_unchanged() -> None:
