@@ -334,3 +334,47 @@ def test_exact_mode_gradient_written_over_y_pred_or_y_true(hostile):
         expected.sum().backward()
     np.testing.assert_allclose(values, expected.detach().numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(grad, core.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("epsilon", [1e-7, 0.0])
+@pytest.mark.parametrize("target", [None, "y_pred", "y_true"])
+def test_outside_flags_match_numpy_in_every_block_and_in_place(epsilon, target):
+    """The [0, 1] check of the probabilities kernel (a float sum of the distance from [0, 1] per block,
+    counted where it is not 0) flags exactly the rows NumPy's comparisons flag, whichever block holds
+    the entry, with a NaN beside it, in float32 and in float64, and when the gradient overwrites an
+    input (the block is counted after its gradient is written)."""
+    from kldiv.kernels.numba_cpu import OUTSIDE_PRED, OUTSIDE_TRUE, fused_rows
+
+    rng = np.random.default_rng(12)
+    for dtype in (np.float32, np.float64):
+        t = rng.dirichlet(np.ones(1300), size=10).astype(dtype)  # three blocks per row
+        p = rng.dirichlet(np.ones(1300), size=10).astype(dtype)
+        t[1, 600] = -0.1  # second block
+        p[2, 1299] = 1.5  # last entry
+        p[3, 7] = np.nan  # NaN alone: not outside
+        p[4, 520], p[4, 530] = np.nan, -0.25  # NaN beside an outside entry
+        t[5, 0] = np.inf
+        t[6, 900] = -1e-41 if dtype == np.float32 else -1e-310  # a negative subnormal
+        p[7, 3] = np.nextafter(dtype(1), dtype(2))  # one ulp above 1
+        t[8, 4], p[8, 4] = -0.0, 0.0  # zeros of both signs: inside
+        t[9, 1000], p[9, 10] = 1.0, 0.0  # the ends of [0, 1]: inside
+        expected = np.where(((t < 0) | (t > 1)).any(1), OUTSIDE_TRUE, 0) | np.where(
+            ((p < 0) | (p > 1)).any(1), OUTSIDE_PRED, 0
+        )
+        tt, pp = t.copy(), p.copy()
+        out = {None: None, "y_pred": pp, "y_true": tt}[target]
+        outside = np.full(10, 255, np.uint8)
+        kwargs = dict(true_format="probs", pred_format="probs", direction="forward", beta=None)
+        with np.errstate(all="ignore"):
+            fused_rows(
+                tt,
+                pp,
+                np.ones(10),
+                epsilon=epsilon,
+                temperature=1.0,
+                want_grad=True,
+                out=out,
+                outside=outside,
+                **kwargs,
+            )
+        np.testing.assert_array_equal(outside, expected, err_msg=f"{dtype.__name__}")

@@ -56,10 +56,9 @@ from ._numba_rows import (
     OUTSIDE_TRUE,
     SMALLEST_NORMAL_FLOAT32,
     clip,
-    count,
     inline,
-    leaves_unit,
     masked_row,
+    outside_count,
     row_function,
     span,
 )
@@ -196,10 +195,7 @@ def _c(side, i):
 def _outside_unit(row):
     """1 if an entry of ``row`` lies outside ``[0, 1]``, else 0 (NaN is not outside: it has its own
     rule). A pass over a row the kernel is about to read from the cache anyway."""
-    found = np.int32(0)
-    for i in span(0, row.shape[0]):
-        found += count(leaves_unit(row[i]))
-    return 1 if found else 0
+    return 1 if outside_count(row, 0, row.shape[0]) else 0
 
 
 @njit(inline="always", cache=True)
