@@ -81,6 +81,16 @@ def outside_count(row, start, stop):
 
 
 @inline
+def staging(grad_row, grad_block, start):
+    """``(staged, target, offset)`` for a block's gradient from ``start``: ``target[i − offset]`` is
+    ``grad_block`` (staged: it has a block's length where the gradient overwrites an input, so the
+    block can still be read) or else ``grad_row`` itself (offset 0; ``i − start`` would be signed,
+    and wrap around)."""
+    staged = grad_block.shape[0] == BLOCK
+    return staged, (grad_block if staged else grad_row), np.uint64(start if staged else 0)
+
+
+@inline
 def unstage(grad_row, grad_block, start, stop, offset):
     """Copy a block's gradient from ``grad_block`` (indexed from ``start − offset``) to ``grad_row``."""
     for i in span(start, stop):

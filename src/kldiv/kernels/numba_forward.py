@@ -27,6 +27,7 @@ from ._numba_rows import (
     outside_count,
     row_function,
     span,
+    staging,
     unstage,
 )
 
@@ -42,9 +43,7 @@ def _clipped_forward_block(t_row, p_row, start, stop, low, grad_row, grad_block,
     zero = like(low, 0.0)
     block_total = distance = zero
     high = like(low, 1.0)
-    staged = grad_block.shape[0] == BLOCK
-    target = grad_block if staged else grad_row
-    offset = np.uint64(start if staged else 0)  # (``i - start`` would be signed, and wrap around)
+    staged, target, offset = staging(grad_row, grad_block, start)
     for i in span(start, stop):
         t_raw, p_raw = t_row[i], p_row[i]
         distance += off_unit(t_raw) + off_unit(p_raw)
@@ -127,9 +126,7 @@ def _exact_forward_block(t_row, p_row, start, stop, grad_row, grad_block, scale,
     else it goes to ``grad_row`` directly."""
     zero, one = like(scale, 0.0), like(scale, 1.0)
     block_total = unusual = zero
-    staged = grad_block.shape[0] == BLOCK
-    target = grad_block if staged else grad_row
-    offset = np.uint64(start if staged else 0)  # (``i - start`` would be signed, and wrap around)
+    staged, target, offset = staging(grad_row, grad_block, start)
     for i in span(start, stop):
         t_i, p_i = t_row[i], p_row[i]
         t_zero = t_i == zero
