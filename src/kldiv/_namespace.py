@@ -13,6 +13,7 @@ imported, so TensorFlow and Keras are looked up in ``sys.modules`` (as array-api
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -163,9 +164,24 @@ def as_array(xp: Namespace, x: Array, like: Array | None = None) -> Array:
     return xp.asarray(x)
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def dtype_name(dtype: Any) -> str:
     """``"float16"``, ``"bfloat16"``, ... for a dtype of any library (NumPy classes and instances,
-    ml_dtypes, JAX, torch, TensorFlow)."""
+    ml_dtypes, JAX, torch, TensorFlow); remembered per (hashable) dtype, as every call asks for it
+    several times (a NumPy dtype's ``name`` is a Python property, ~2 µs)."""
+    try:
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):  # TypeError: an unhashable dtype-like object
+        pass
+    name = _dtype_name(dtype)
+    with contextlib.suppress(TypeError):
+        _DTYPE_NAMES[dtype] = name
+    return name
+
+
+def _dtype_name(dtype: Any) -> str:
     name = getattr(dtype, "name", None)
     if isinstance(name, str):
         return name

@@ -16,6 +16,7 @@ value is always honoured.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
@@ -192,12 +193,13 @@ class Options:
         """These options with no logit maps (for a caller that has applied them itself)."""
         return dataclasses.replace(self, **dict.fromkeys(LOGIT_MAP_FIELDS))
 
-    @property
+    @functools.cached_property
     def student_map(self) -> LogitMap:
-        """The student's (``y_pred``'s) logit map φ (the identity when neither option is set)."""
+        """The student's (``y_pred``'s) logit map φ (the identity when neither option is set; made once
+        per options object, as every kernel call asks for it)."""
         return LogitMap(self.student_logit_scale, self.student_softcap, name="student")
 
-    @property
+    @functools.cached_property
     def teacher_map(self) -> LogitMap:
         """The teacher's (``y_true``'s) logit map."""
         return LogitMap(self.teacher_logit_scale, self.teacher_softcap, name="teacher")

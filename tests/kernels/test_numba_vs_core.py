@@ -6,6 +6,8 @@ core's own float32 error by more than a small tolerance.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -257,6 +259,52 @@ def test_reduced_loss_is_one_autograd_node(reduction, masked, num_items):
         results[backend] = (value.item(), p.grad.numpy())
     assert results["numba"][0] == pytest.approx(results["core"][0], rel=1e-12)
     np.testing.assert_allclose(results["numba"][1], results["core"][1], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("context", ["plain", "no_grad", "inference_mode"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"epsilon": 0.0},
+        {"y_pred_format": "logits", "temperature": 2.0},
+        {"y_pred_format": "logits", "student_softcap": 3.0},
+    ],
+)
+def test_torch_call_without_a_gradient_makes_no_autograd_node(context, options, monkeypatch):
+    """Where nothing needs a gradient (``y_pred`` without ``requires_grad``, or one under
+    ``torch.no_grad()`` / ``torch.inference_mode()``) the kernel runs without an autograd node, and
+    gives the values of the call that builds one, and of the core."""
+    rng = np.random.default_rng(7)
+    t = torch.tensor(scipy.special.softmax(rng.normal(size=(6, 40)), -1))
+    fmt = options.get("y_pred_format", "probs")
+    data = rng.normal(size=(6, 40))
+    data = data if fmt == "logits" else scipy.special.softmax(data, -1)
+    mask = torch.tensor([True, False, True, True, False, True])
+    leaf = torch.tensor(data, requires_grad=True)
+    with_node = kldiv.KLDivergence(backend="numba", **options)(t, leaf, mask=mask)
+    assert type(with_node.grad_fn).__name__ == "FusedDivergenceBackward"
+    core = kldiv.KLDivergence(backend="core", **options)(t, torch.tensor(data), mask=mask)
+    p = torch.tensor(data, requires_grad=context != "plain")
+    scopes = {
+        "plain": contextlib.nullcontext,
+        "no_grad": torch.no_grad,
+        "inference_mode": torch.inference_mode,
+    }
+    from kldiv.kernels.torch_function import FusedDivergence
+
+    applied = []
+    original = FusedDivergence.apply
+    monkeypatch.setattr(FusedDivergence, "apply", lambda *a: applied.append(1) or original(*a))
+    with scopes[context]():
+        value = kldiv.KLDivergence(backend="numba", **options)(t, p, mask=mask)
+        per_sample = kldiv.KLDivergence(backend="numba", reduction="none", **options)(t, p, mask=mask)
+    assert value.grad_fn is None and not value.requires_grad and not applied
+    assert value.dtype == with_node.dtype == torch.float64
+    assert value.item() == with_node.item()
+    assert value.item() == pytest.approx(core.item(), rel=1e-12)
+    assert per_sample.shape == (6,) and per_sample.grad_fn is None
+    assert per_sample[1].item() == per_sample[4].item() == 0.0
 
 
 @pytest.mark.parametrize("pred_format", ["probs", "log_probs", "logits"])

@@ -30,8 +30,7 @@ def per_sample_numpy(
     receives a copy of the values before ``T²``."""
     from .numba_cpu import fused_rows
 
-    t = np.ascontiguousarray(np.moveaxis(y_true, axis, -1))
-    p = np.ascontiguousarray(np.moveaxis(y_pred, axis, -1))
+    t, p = _rows_last(y_true, axis), _rows_last(y_pred, axis)
     batch_shape, n = p.shape[:-1], p.shape[-1]
     rows = math.prod(batch_shape)
     keep_rows = None if keep is None else np.broadcast_to(keep, batch_shape).reshape(rows)
@@ -55,6 +54,13 @@ def per_sample_numpy(
         record(values.reshape(batch_shape).copy())
     values *= options.loss_scale
     return values.astype(p.dtype, copy=False).reshape(batch_shape)
+
+
+def _rows_last(x: np.ndarray, axis: int) -> np.ndarray:
+    """``x`` with ``axis`` moved last, C-contiguous (no copy, and no ``moveaxis``, when it already is)."""
+    if axis not in (-1, x.ndim - 1):
+        x = np.moveaxis(x, axis, -1)
+    return np.ascontiguousarray(x)
 
 
 def _warn_outside(options: Any, bits: int) -> None:
@@ -94,6 +100,11 @@ def per_sample_torch(
     then one scalar and the stored gradient is scaled by it alone. ``record`` receives the per-sample
     values before ``T²``, detached (``return_stats``).
     """
-    from .torch_function import FusedDivergence
+    import torch
 
-    return FusedDivergence.apply(y_true, y_pred, keep, axis, options, kernel, grad_scale_hint, reduce, record)
+    from .torch_function import FusedDivergence, fused_forward
+
+    arguments = (y_true, y_pred, keep, axis, options, kernel, grad_scale_hint, reduce, record)
+    if not (y_pred.requires_grad and torch.is_grad_enabled()):  # no gradient: no autograd node
+        return fused_forward(None, *arguments)
+    return FusedDivergence.apply(*arguments)

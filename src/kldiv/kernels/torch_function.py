@@ -107,41 +107,60 @@ def _rows_last(x: torch.Tensor, axis: int) -> torch.Tensor:
     return x.contiguous()
 
 
+def fused_forward(
+    ctx: Any,
+    y_true: torch.Tensor,
+    y_pred: torch.Tensor,
+    keep: torch.Tensor | None,
+    axis: int,
+    options: Any,
+    kernel: str,
+    grad_scale_hint: float,
+    reduce: Any = None,
+    record: Any = None,
+) -> torch.Tensor:
+    """:meth:`FusedDivergence.forward`; with ``ctx=None``, the same values without a gradient or an
+    autograd node (a call where nothing needs a gradient: ``Function.apply`` alone costs ~40 µs,
+    as much as the kernel on a [32, 1000] call)."""
+    t, p = _rows_last(y_true, axis), _rows_last(y_pred, axis)
+    batch_shape, n = p.shape[:-1], p.shape[-1]
+    rows = math.prod(batch_shape)
+    triton = kernel == "triton"
+    keep_rows = None
+    if keep is not None:
+        keep_rows = torch.broadcast_to(keep, batch_shape).reshape(rows).contiguous()
+    squared_t = options.loss_scale
+    want_grad = ctx is not None and bool(ctx.needs_input_grad[1])
+    scale = grad_scale_hint * squared_t
+    t_rows, p_rows = t.reshape(rows, n), p.reshape(rows, n)
+    values, grad = _fused_rows(triton, t_rows, p_rows, scale, keep_rows, options, want_grad)
+    if want_grad:
+        ctx.save_for_backward(t, p)
+        ctx.grad = grad  # not saved_tensors: backward may rescale it in place
+        ctx.hint = scale
+        ctx.layout = (tuple(p.shape), axis, keep_rows, options, triton, reduce is not None)
+        ctx.consumed = False
+    if record is not None:
+        record(values.reshape(batch_shape).clone())
+    if squared_t != 1.0:
+        values *= squared_t
+    # float16 / bfloat16 y_pred (the Triton kernel reads them as they are): float32 values,
+    # kldiv's compute dtype; the reduction and the cast to the output dtype follow.
+    dtype = torch.promote_types(p.dtype, torch.float32)
+    values = (values if values.dtype == dtype else values.to(dtype)).reshape(batch_shape)
+    return values if reduce is None else reduce(values)
+
+
 class FusedDivergence(torch.autograd.Function):
     """Per-sample divergence of ``y_true`` (no gradient) and ``y_pred`` (gradient from the kernel),
     optionally followed by a linear reduction whose gradient is ``grad_scale_hint`` at every row.
     ``record`` receives a detached copy of the per-sample values before ``T²`` (``return_stats``)."""
 
     @staticmethod
-    def forward(ctx, y_true, y_pred, keep, axis, options, kernel, grad_scale_hint, reduce=None, record=None):
-        t, p = _rows_last(y_true, axis), _rows_last(y_pred, axis)
-        batch_shape, n = p.shape[:-1], p.shape[-1]
-        rows = math.prod(batch_shape)
-        triton = kernel == "triton"
-        keep_rows = None
-        if keep is not None:
-            keep_rows = torch.broadcast_to(keep, batch_shape).reshape(rows).contiguous()
-        squared_t = options.loss_scale
-        want_grad = bool(ctx.needs_input_grad[1])
-        scale = grad_scale_hint * squared_t
-        values, grad = _fused_rows(
-            triton, t.reshape(rows, n), p.reshape(rows, n), scale, keep_rows, options, want_grad
-        )
-        if want_grad:
-            ctx.save_for_backward(t, p)
-            ctx.grad = grad  # not saved_tensors: backward may rescale it in place
-            ctx.hint = scale
-            ctx.layout = (tuple(p.shape), axis, keep_rows, options, triton, reduce is not None)
-            ctx.consumed = False
-        if record is not None:
-            record(values.reshape(batch_shape).clone())
-        if squared_t != 1.0:
-            values *= squared_t
-        # float16 / bfloat16 y_pred (the Triton kernel reads them as they are): float32 values,
-        # kldiv's compute dtype; the reduction and the cast to the output dtype follow.
-        dtype = torch.promote_types(p.dtype, torch.float32)
-        values = (values if values.dtype == dtype else values.to(dtype)).reshape(batch_shape)
-        return values if reduce is None else reduce(values)
+    def forward(ctx, *arguments):
+        """:func:`fused_forward` (``y_true, y_pred, keep, axis, options, kernel, grad_scale_hint,
+        reduce, record``), recording what the backward pass needs in ``ctx``."""
+        return fused_forward(ctx, *arguments)
 
     @staticmethod
     def backward(ctx, grad_output):
