@@ -164,20 +164,21 @@ def as_array(xp: Namespace, x: Array, like: Array | None = None) -> Array:
     return xp.asarray(x)
 
 
-_DTYPE_NAMES: dict[Any, str] = {}
+_DTYPE_NAMES: dict[tuple[type, Any], str] = {}
 
 
 def dtype_name(dtype: Any) -> str:
     """``"float16"``, ``"bfloat16"``, ... for a dtype of any library (NumPy classes and instances,
     ml_dtypes, JAX, torch, TensorFlow); remembered per (hashable) dtype, as every call asks for it
     several times (a NumPy dtype's ``name`` is a Python property, ~2 µs)."""
+    key = (type(dtype), dtype)  # the type too: NumPy dtypes compare equal to their strings and types
     try:
-        return _DTYPE_NAMES[dtype]
+        return _DTYPE_NAMES[key]
     except (KeyError, TypeError):  # TypeError: an unhashable dtype-like object
         pass
     name = _dtype_name(dtype)
     with contextlib.suppress(TypeError):
-        _DTYPE_NAMES[dtype] = name
+        _DTYPE_NAMES[key] = name
     return name
 
 

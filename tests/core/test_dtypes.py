@@ -265,3 +265,25 @@ def test_validate_accepts_valid_inputs_with_low_precision_dtype_option(backend, 
 
 def test_numpy_bfloat16_is_ml_dtypes():
     assert to_backend("numpy", [0.5], "bfloat16").dtype == ml_dtypes.bfloat16
+
+
+def test_dtype_names_are_remembered_per_type_and_dtype():
+    """:func:`kldiv._namespace.dtype_name` remembers names per (type, dtype): dtypes that compare
+    equal across types (NumPy's to Python types and strings) keep their own names, and dtype-like
+    objects that cannot be hashed are still named."""
+    import ml_dtypes
+    import torch
+
+    from kldiv._namespace import dtype_name as name_of
+
+    class Unhashable:
+        __hash__ = None
+        name = "float32"
+
+    for _ in range(2):  # the second round reads what the first remembered
+        assert name_of(np.dtype("float64")) == "float64" and np.dtype("float64") == float
+        assert name_of(float) == "float"
+        assert name_of(np.float32) == name_of(np.dtype(np.float32)) == "float32"
+        assert name_of(torch.bfloat16) == name_of(ml_dtypes.bfloat16) == "bfloat16"
+        assert name_of(torch.float16) == "float16"
+        assert name_of(Unhashable()) == "float32"
