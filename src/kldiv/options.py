@@ -16,7 +16,6 @@ value is always honoured.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
@@ -193,16 +192,25 @@ class Options:
         """These options with no logit maps (for a caller that has applied them itself)."""
         return dataclasses.replace(self, **dict.fromkeys(LOGIT_MAP_FIELDS))
 
-    @functools.cached_property
-    def student_map(self) -> LogitMap:
-        """The student's (``y_pred``'s) logit map φ (the identity when neither option is set; made once
-        per options object, as every kernel call asks for it)."""
-        return LogitMap(self.student_logit_scale, self.student_softcap, name="student")
+    def __post_init__(self) -> None:
+        # The two logit maps are made once per options object, as every kernel call asks for them
+        # (plain attributes, not functools.cached_property: its lock breaks torch.compile's tracing).
+        object.__setattr__(
+            self, "_student_map", LogitMap(self.student_logit_scale, self.student_softcap, name="student")
+        )
+        object.__setattr__(
+            self, "_teacher_map", LogitMap(self.teacher_logit_scale, self.teacher_softcap, name="teacher")
+        )
 
-    @functools.cached_property
+    @property
+    def student_map(self) -> LogitMap:
+        """The student's (``y_pred``'s) logit map φ (the identity when neither option is set)."""
+        return self._student_map
+
+    @property
     def teacher_map(self) -> LogitMap:
         """The teacher's (``y_true``'s) logit map."""
-        return LogitMap(self.teacher_logit_scale, self.teacher_softcap, name="teacher")
+        return self._teacher_map
 
     @property
     def divergence(self) -> str:
