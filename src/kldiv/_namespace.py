@@ -92,14 +92,21 @@ def namespace_of(x: Array) -> Namespace:
     return _with_forms(xp)
 
 
-def _with_forms(xp: Namespace) -> Namespace:
-    """``xp``, with its own forms of the core's clip and exact forward KL registered first where it
-    has them (JAX: :mod:`kldiv._jax_clip`, :mod:`kldiv._jax_exact`)."""
-    if getattr(xp, "__name__", "") == "jax.numpy" and "jax.numpy" not in divergences.CLIPS:
-        from . import _jax_clip, _jax_exact
+_REGISTERED: set[str] = set()
+"""The namespaces whose own forms have been registered (once per process)."""
 
+
+def _with_forms(xp: Namespace) -> Namespace:
+    """``xp``, with its own forms of the core's clip and forward KL of probabilities registered the
+    first time it is served (JAX: :mod:`kldiv._jax_clip`, :mod:`kldiv._jax_exact`,
+    :mod:`kldiv._jax_keras`)."""
+    if getattr(xp, "__name__", "") == "jax.numpy" and "jax.numpy" not in _REGISTERED:
+        from . import _jax_clip, _jax_exact, _jax_keras
+
+        _REGISTERED.add("jax.numpy")
         divergences.CLIPS["jax.numpy"] = _jax_clip.clip
         divergences.EXACT_FORWARD_KL["jax.numpy"] = _jax_exact.forward_kl
+        divergences.KERAS_FORWARD_KL["jax.numpy"] = _jax_keras.forward_kl
     return xp
 
 

@@ -37,6 +37,19 @@ def test_values_equal_the_generic_program() -> None:
         np.testing.assert_array_equal(got, want)
 
 
+def test_the_derivatives_parts_equal_the_value_and_the_interval() -> None:
+    # clipped_apart (the clip a derivative recomputes) is the value; inside is the closed interval.
+    x = jnp.asarray(VALUES, dtype=jnp.float32)
+    for f in (
+        lambda v: _jax_clip.clipped_apart(v, LOW, HIGH),
+        jax.jit(lambda v: _jax_clip.clipped_apart(v, LOW, HIGH)),
+    ):
+        np.testing.assert_array_equal(np.asarray(f(x)), np.asarray(generic_clip(x)))
+    xn = np.asarray(VALUES, dtype=np.float32)
+    want = (xn >= np.float32(LOW)) & (xn <= HIGH)
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda v: _jax_clip.inside(v, LOW, HIGH))(x)), want)
+
+
 def test_gradient_is_torch_clamp_rule() -> None:
     x = jnp.asarray(VALUES, dtype=jnp.float32)
     grad = jax.jit(jax.grad(lambda v: jnp.sum(_jax_clip.clip(v, LOW, HIGH) * 3.0)))(x)

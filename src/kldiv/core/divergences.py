@@ -147,7 +147,7 @@ class Distribution:
     caller's zero mask, so that no ``log`` or division is ever evaluated at a masked zero.
     """
 
-    __slots__ = ("epsilon", "log_probs", "normalizer", "probs", "xp")
+    __slots__ = ("epsilon", "given", "log_probs", "normalizer", "probs", "xp")
 
     def __init__(
         self, xp: Namespace, x: Array, fmt: str, *, axis: int, epsilon: float, temperature: float
@@ -156,7 +156,9 @@ class Distribution:
         self.probs: Array | None = None
         self.log_probs: Array | None = None
         self.normalizer: tuple[Array, Array] | None = None  # (M, log S) of a row it normalized
+        self.given: Array | None = None  # probabilities as given, before Keras' clip (T = 1 only)
         if fmt == "probs" and temperature == 1.0:
+            self.given = x
             self.probs = clip(xp, x, epsilon, 1.0) if epsilon > 0 else x
             return
         log_x = x
@@ -213,17 +215,34 @@ framework's compiler needs another form of it (``jax.numpy``: :mod:`kldiv._jax_e
 must equal (values, NaN/inf pattern, gradient) and may fall back to."""
 
 
+KERAS_FORWARD_KL: dict[str, Callable[[Array, Array, float, int, Callable[[Array, Array], Array]], Array]] = {}
+"""Keras mode's forward KL of two probability arrays *as given* (before the clip) for one namespace
+where a framework's compiler needs another form of it (``jax.numpy``: :mod:`kldiv._jax_keras`).
+Called as ``special(t, p, epsilon, axis, reference)``; ``reference(t, p)`` is the core's program,
+which the special must equal (values operation for operation, NaN pattern, gradient) and may fall
+back to."""
+
+
 def kl(xp: Namespace, a: Distribution, b: Distribution, axis: int | None) -> Array:
     r""":math:`\mathrm{KL}(A \,\|\, B) = \sum_i a_i (\log a_i - \log b_i)` along ``axis``
     (``axis=None``: the terms)."""
     if a.probs is not None and b.probs is not None:
         if a.epsilon > 0:
-            # The Keras program itself, operation for operation, so float32 results round alike.
-            return _total(xp, a.probs * xp.log(a.probs / b.probs), axis)
+            special = KERAS_FORWARD_KL.get(getattr(xp, "__name__", ""))
+            if special is not None and axis is not None:
+                program = _keras_probs_program(xp, axis, a.epsilon)
+                return special(a.given, b.given, a.epsilon, axis, program)
+            return _keras_kl(xp, a, b, axis)
         special = EXACT_FORWARD_KL.get(getattr(xp, "__name__", ""))
         if special is not None and axis is not None:
             return special(a.probs, b.probs, axis, _exact_probs_program(xp, axis))
     return _masked_kl(xp, a, b, axis)
+
+
+def _keras_kl(xp: Namespace, a: Distribution, b: Distribution, axis: int | None) -> Array:
+    """Keras mode's KL of probabilities: the Keras program itself, operation for operation, so float32
+    results round alike."""
+    return _total(xp, a.probs * xp.log(a.probs / b.probs), axis)
 
 
 def _masked_kl(xp: Namespace, a: Distribution, b: Distribution, axis: int | None) -> Array:
@@ -241,6 +260,18 @@ def _exact_probs_program(xp: Namespace, axis: int) -> Callable[[Array, Array], A
         a = Distribution(xp, t, "probs", axis=axis, epsilon=0.0, temperature=1.0)
         b = Distribution(xp, p, "probs", axis=axis, epsilon=0.0, temperature=1.0)
         return _masked_kl(xp, a, b, axis)
+
+    return program
+
+
+@functools.cache
+def _keras_probs_program(xp: Namespace, axis: int, epsilon: float) -> Callable[[Array, Array], Array]:
+    """:func:`_keras_kl` of two probability arrays as given, as one function of the arrays."""
+
+    def program(t: Array, p: Array) -> Array:
+        a = Distribution(xp, t, "probs", axis=axis, epsilon=epsilon, temperature=1.0)
+        b = Distribution(xp, p, "probs", axis=axis, epsilon=epsilon, temperature=1.0)
+        return _keras_kl(xp, a, b, axis)
 
     return program
 

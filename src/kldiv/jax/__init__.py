@@ -58,7 +58,7 @@ kl_divergence = _losses.functional(
         >>> print(jax.jit(kldiv.jax.kl_divergence)(t, p))
         [0.9162892]
         >>> print(jax.grad(lambda q: kldiv.jax.kl_divergence(t, q, reduction="sum"))(p))
-        [[-1.6666667e-07 -2.4999998e+00]]
+        [[-1.6666667e-07 -2.5000000e+00]]
     """,
 )
 kl_divergence.__module__ = __name__
