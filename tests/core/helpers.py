@@ -43,3 +43,13 @@ def is_backend_array(backend: str, x: object) -> bool:
 def dtype_name(x: object) -> str:
     """``"float32"`` etc. for an array of any backend."""
     return str(x.dtype).rsplit(".", 1)[-1]
+
+
+def assert_same_pattern(got, want, rtol: float) -> None:
+    """``got`` equals ``want``: the same NaN, +inf and −inf entries, the finite ones to ``rtol``."""
+    got, want = np.asarray(got), np.asarray(want)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=rtol, atol=1e-30)
