@@ -18,7 +18,7 @@ Registered with the core by :mod:`kldiv._namespace` the first time it serves a J
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -40,20 +40,27 @@ def inside(x: Array, low: float, high: float) -> Array:
     return (x >= low_x) & (x <= high_x)
 
 
-def clipped_apart(x: Array, low: float, high: float) -> Array:
-    """:func:`clipped`'s value computed from bounds behind their own barrier, so that XLA cannot merge
-    it with the value's clip (for a derivative that needs the clipped value again)."""
+def _clipped_apart(x: Array, low: float, high: float) -> Array:
+    """:func:`clipped` computed from bounds behind their own barrier, so that XLA cannot merge it with
+    the value's clip (for a derivative that needs the clipped value again)."""
     low_x, high_x = lax.optimization_barrier((jnp.asarray(low, x.dtype), jnp.asarray(high, x.dtype)))
     return jnp.minimum(jnp.maximum(x, low_x), high_x)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def clip(x: Array, low: float, high: float) -> Array:
-    """``x`` clipped to ``[low, high]``; NaN stays NaN; derivative 1 inside, 0 outside and at NaN."""
-    return clipped(x, low, high)
+def _with_clamp_rule(value: Callable[[Array, float, float], Array]) -> Any:
+    """``value(x, low, high)`` as a ``custom_jvp`` with the core's rule: derivative 1 inside the closed
+    interval, 0 outside it and at NaN."""
+    rule = jax.custom_jvp(value, nondiff_argnums=(1, 2))
+
+    @rule.defjvp
+    def _jvp(low: float, high: float, primals: tuple, tangents: tuple) -> tuple[Array, Array]:
+        (x,), (dx,) = primals, tangents
+        return rule(x, low, high), jnp.where(inside(x, low, high), dx, jnp.zeros_like(dx))
+
+    return rule
 
 
-@clip.defjvp
-def _clip_jvp(low: float, high: float, primals: tuple, tangents: tuple) -> tuple[Array, Array]:
-    (x,), (dx,) = primals, tangents
-    return clip(x, low, high), jnp.where(inside(x, low, high), dx, jnp.zeros_like(dx))
+clip = _with_clamp_rule(clipped)
+"""``x`` clipped to ``[low, high]``; NaN stays NaN; derivative 1 inside, 0 outside and at NaN."""
+clip_apart = _with_clamp_rule(_clipped_apart)
+""":func:`clip` from bounds XLA cannot merge with the value's clip (a derivative's re-clip)."""

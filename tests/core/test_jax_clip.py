@@ -38,11 +38,11 @@ def test_values_equal_the_generic_program() -> None:
 
 
 def test_the_derivatives_parts_equal_the_value_and_the_interval() -> None:
-    # clipped_apart (the clip a derivative recomputes) is the value; inside is the closed interval.
+    # clip_apart (the clip a derivative recomputes) is the value; inside is the closed interval.
     x = jnp.asarray(VALUES, dtype=jnp.float32)
     for f in (
-        lambda v: _jax_clip.clipped_apart(v, LOW, HIGH),
-        jax.jit(lambda v: _jax_clip.clipped_apart(v, LOW, HIGH)),
+        lambda v: _jax_clip.clip_apart(v, LOW, HIGH),
+        jax.jit(lambda v: _jax_clip.clip_apart(v, LOW, HIGH)),
     ):
         np.testing.assert_array_equal(np.asarray(f(x)), np.asarray(generic_clip(x)))
     xn = np.asarray(VALUES, dtype=np.float32)

@@ -96,6 +96,25 @@ def test_a_jax_array_registers_it_and_kl_uses_it(monkeypatch) -> None:
     assert calls == [(EPS, 1), (1e-3, 0)]  # the axis normalized
 
 
+def test_only_keras_mode_probabilities_at_temperature_1_take_it(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setitem(
+        divergences.KERAS_FORWARD_KL,
+        "jax.numpy",
+        lambda *arguments: calls.append(1) or _jax_keras.forward_kl(*arguments),
+    )
+    t, p = hostile(np.float32, FINITE_ROWS)
+    log_t, log_p = jnp.log(jnp.clip(t, EPS, 1.0)), jnp.log(jnp.clip(p, EPS, 1.0))
+    keras(t, p, temperature=2.0)
+    keras(log_t, log_p, y_true_format="log_probs", y_pred_format="log_probs")
+    keras(log_t, log_p, y_true_format="logits", y_pred_format="logits")
+    keras(t, p, epsilon=0.0)
+    kldiv.jax.js_divergence(t, p)
+    assert calls == []
+    keras(t, p, direction="symmetric")  # both directions of probabilities: twice
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_values_and_pattern_equal_the_generic_program(dtype) -> None:
     with jax.enable_x64(dtype == np.float64):
@@ -162,6 +181,23 @@ def test_gradients_against_the_closed_form_in_float64() -> None:
         np.testing.assert_allclose(np.asarray(got_p), want_p, rtol=1e-13)
 
 
+def test_second_derivatives_equal_the_generic_program_at_the_bounds() -> None:
+    # Entries at ε and 1 exactly, inside, below and above: the re-clip in the derivative follows the
+    # clip's rule (derivative 1 on the closed interval), as the core's program does.
+    with jax.enable_x64(True):
+        t = jnp.asarray([[1.0, EPS, 0.3, 0.5], [0.2, 1e-9, 1.0, 2.0]], dtype=jnp.float64)
+        p = jnp.asarray([[EPS, 1.0, 0.5, 1e-9], [1.0, 0.4, 2.0, 0.3]], dtype=jnp.float64)
+        for argnums in (0, 1):
+            for mixed in (0, 1):
+                got = jax.jacfwd(jax.grad(summed(keras), argnums=argnums), argnums=mixed)(t, p)
+                want = jax.jacfwd(jax.grad(summed(generic), argnums=argnums), argnums=mixed)(t, p)
+                np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-300)
+        got = jax.hessian(lambda a, b: jnp.sum(keras(a, b)), argnums=(0, 1))(t, p)
+        want = jax.hessian(lambda a, b: jnp.sum(generic(a, b)), argnums=(0, 1))(t, p)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-12, atol=1e-300)
+
+
 def test_forward_mode_equals_the_generic_program_where_no_entry_is_nan() -> None:
     t, p = hostile(np.float32, NAN_FREE_ROWS)
     rng = np.random.default_rng(8)
@@ -202,9 +238,11 @@ def test_vmap_reductions_and_sample_weight_are_unchanged() -> None:
 
 def test_float16_mixed_dtypes_and_broadcast_shapes() -> None:
     t, p = hostile(np.float32, FINITE_ROWS)
-    half = keras(t.astype(jnp.float16), p.astype(jnp.float16))
-    assert half.dtype == jnp.float16
-    assert_same(half, generic(t.astype(jnp.float16), p.astype(jnp.float16)), 1e-3)
+    for low in (jnp.float16, jnp.bfloat16):
+        half = keras(t.astype(low), p.astype(low))
+        assert half.dtype == low
+        want = generic(t.astype(low), p.astype(low))
+        assert_same(half.astype(jnp.float32), want.astype(jnp.float32), 1e-2)
     calls = []
 
     def reference(a, b):

@@ -47,11 +47,12 @@ def timed(case: Case) -> float:
 
 def settle(step_s: float = 0.01, idle_cpu_s: float = 0.002, limit_s: float = 0.5) -> float:
     """Wait until the process uses less than ``idle_cpu_s`` of CPU time (all threads) in ``step_s``
-    of wall time, at most ``limit_s``; returns the seconds waited.
+    of wall time, for about ``limit_s`` at most (the step under way is finished); returns the seconds
+    waited.
 
     XLA's CPU client returns a result before it has released the call's temporaries: the JAX formula
     with Keras' clip leaves two 500 MB copies at [4096, 32000], and the implementation timed after it
-    measured 137–176 ms instead of 84–97 ms (the plain formula, ``kldiv.jax``) until each call was
+    measured 137–173 ms instead of 84–110 ms (the plain formula, ``kldiv.jax``) until each call was
     followed by such a wait.
     """
     start = time.perf_counter()

@@ -219,8 +219,7 @@ KERAS_FORWARD_KL: dict[str, Callable[[Array, Array, float, int, Callable[[Array,
 """Keras mode's forward KL of two probability arrays *as given* (before the clip) for one namespace
 where a framework's compiler needs another form of it (``jax.numpy``: :mod:`kldiv._jax_keras`).
 Called as ``special(t, p, epsilon, axis, reference)``; ``reference(t, p)`` is the core's program,
-which the special must equal (values operation for operation, NaN pattern, gradient) and may fall
-back to."""
+which the special must equal (values to rounding, NaN/inf pattern, gradient) and may fall back to."""
 
 
 def kl(xp: Namespace, a: Distribution, b: Distribution, axis: int | None) -> Array:
@@ -264,7 +263,6 @@ def _exact_probs_program(xp: Namespace, axis: int) -> Callable[[Array, Array], A
     return program
 
 
-@functools.cache
 def _keras_probs_program(xp: Namespace, axis: int, epsilon: float) -> Callable[[Array, Array], Array]:
     """:func:`_keras_kl` of two probability arrays as given, as one function of the arrays."""
 
