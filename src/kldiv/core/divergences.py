@@ -144,22 +144,23 @@ class Distribution:
     """One argument of a divergence, in the format it came in, after temperature and Keras clip.
 
     Exact mode keeps zeros (``log 0 = -inf``) and hands out logs and probabilities *masked* by the
-    caller's zero mask, so that no ``log`` or division is ever evaluated at a masked zero.
+    caller's zero mask, so that no ``log`` or division is ever evaluated at a masked zero. A side
+    given as probabilities at ``T = 1`` is held as ``given`` and clipped on first use of :attr:`probs`
+    (a namespace's own forward KL, :data:`KERAS_FORWARD_KL`, takes ``given`` and clips it itself).
     """
 
-    __slots__ = ("epsilon", "given", "log_probs", "normalizer", "probs", "xp")
+    __slots__ = ("_probs", "epsilon", "given", "log_probs", "normalizer", "xp")
 
     def __init__(
         self, xp: Namespace, x: Array, fmt: str, *, axis: int, epsilon: float, temperature: float
     ) -> None:
         self.xp, self.epsilon = xp, epsilon
-        self.probs: Array | None = None
+        self._probs: Array | None = None
         self.log_probs: Array | None = None
         self.normalizer: tuple[Array, Array] | None = None  # (M, log S) of a row it normalized
         self.given: Array | None = None  # probabilities as given, before Keras' clip (T = 1 only)
         if fmt == "probs" and temperature == 1.0:
             self.given = x
-            self.probs = clip(xp, x, epsilon, 1.0) if epsilon > 0 else x
             return
         log_x = x
         if fmt == "probs":
@@ -172,6 +173,14 @@ class Distribution:
             log_x = shifted - log_total
         self.log_probs = clip(xp, log_x, math.log(epsilon), 0.0) if epsilon > 0 else log_x
 
+    @property
+    def probs(self) -> Array | None:
+        """The probabilities after Keras' clip (``given`` itself in exact mode), clipped on first use;
+        None for a side held as log-probabilities."""
+        if self._probs is None and self.given is not None:
+            self._probs = clip(self.xp, self.given, self.epsilon, 1.0) if self.epsilon > 0 else self.given
+        return self._probs
+
     def log_normalizer(self, axis: int) -> Array:
         r"""The row's log-sum-exp along ``axis`` (removed): :math:`M + \log S` of the log-softmax that
         normalized it (logits, or any format at ``T ≠ 1``: :math:`\log\sum_i e^{s_i}` of the row
@@ -181,7 +190,7 @@ class Distribution:
         if self.normalizer is not None:
             top, log_total = self.normalizer
             return xp.squeeze(top + log_total, axis=axis)
-        if self.probs is not None:
+        if self.given is not None:
             return xp.log(xp.sum(self.probs, axis=axis))
         return xp.squeeze(logsumexp(xp, self.log_probs, axis), axis=axis)
 
@@ -189,17 +198,17 @@ class Distribution:
         """Where the probability is exactly 0 (exact mode only; Keras mode has none)."""
         if self.epsilon > 0:
             return None
-        return self.probs == 0 if self.probs is not None else self.log_probs == -math.inf
+        return self.probs == 0 if self.given is not None else self.log_probs == -math.inf
 
     def log(self, masked: Array | None) -> Array:
         """``log`` of the probabilities, 0 where ``masked`` (computed from a safe argument)."""
-        if self.probs is not None:
+        if self.given is not None:
             return self.xp.log(_where(self.xp, masked, 1.0, self.probs))
         return _where(self.xp, masked, 0.0, self.log_probs)
 
     def prob(self, masked: Array | None) -> Array:
         """The probabilities, 0 where ``masked``."""
-        probs = self.probs if self.probs is not None else self.xp.exp(self.log_probs)
+        probs = self.probs if self.given is not None else self.xp.exp(self.log_probs)
         return _where(self.xp, masked, 0.0, probs)
 
 
@@ -225,7 +234,7 @@ which the special must equal (values to rounding, NaN/inf pattern, gradient) and
 def kl(xp: Namespace, a: Distribution, b: Distribution, axis: int | None) -> Array:
     r""":math:`\mathrm{KL}(A \,\|\, B) = \sum_i a_i (\log a_i - \log b_i)` along ``axis``
     (``axis=None``: the terms)."""
-    if a.probs is not None and b.probs is not None:
+    if a.given is not None and b.given is not None:
         if a.epsilon > 0:
             special = KERAS_FORWARD_KL.get(getattr(xp, "__name__", ""))
             if special is not None and axis is not None:
