@@ -34,16 +34,22 @@ def clipped(x: Array, low: float, high: float) -> Array:
     return jnp.minimum(jnp.maximum(x, jnp.asarray(low, x.dtype)), high_x)
 
 
+def _bounds_apart(x: Array, low: float, high: float) -> tuple[Array, Array]:
+    """``low`` and ``high`` in ``x``'s dtype behind a barrier: constants XLA cannot merge with the
+    value's (a derivative's comparisons and re-clip)."""
+    return lax.optimization_barrier((jnp.asarray(low, x.dtype), jnp.asarray(high, x.dtype)))
+
+
 def inside(x: Array, low: float, high: float) -> Array:
     """``low ≤ x ≤ high`` (False at NaN): where the clip's derivative is 1; bounds behind a barrier."""
-    low_x, high_x = lax.optimization_barrier((jnp.asarray(low, x.dtype), jnp.asarray(high, x.dtype)))
+    low_x, high_x = _bounds_apart(x, low, high)
     return (x >= low_x) & (x <= high_x)
 
 
 def _clipped_apart(x: Array, low: float, high: float) -> Array:
     """:func:`clipped` computed from bounds behind their own barrier, so that XLA cannot merge it with
     the value's clip (for a derivative that needs the clipped value again)."""
-    low_x, high_x = lax.optimization_barrier((jnp.asarray(low, x.dtype), jnp.asarray(high, x.dtype)))
+    low_x, high_x = _bounds_apart(x, low, high)
     return jnp.minimum(jnp.maximum(x, low_x), high_x)
 
 

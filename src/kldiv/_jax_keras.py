@@ -28,15 +28,14 @@ core's program gives NaN instead of the masked 0 at an entry where ``t`` or ``p`
 rule multiplies the clip's 0 by the NaN of the log; its reverse mode, like this rule, keeps the 0) —
 the value is NaN there either way.
 
-Arrays of one floating dtype and one shape take this form; others the core's program, which
-:func:`kldiv.core.divergences.kl` hands it. Registered with the core by :mod:`kldiv._namespace` the
-first time it serves a JAX array.
+Arrays of one floating dtype and one shape take this form; for others :func:`forward_kl` returns
+None and :func:`kldiv.core.divergences.kl` runs the core's program. Registered with the core by
+:mod:`kldiv._namespace` the first time it serves a JAX array.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -46,14 +45,13 @@ from jax.custom_derivatives import SymbolicZero
 from ._jax_clip import clip_apart, clipped, inside
 
 Array = Any
-Reference = Callable[[Array, Array], Array]
 
 
-def forward_kl(t: Array, p: Array, epsilon: float, axis: int, reference: Reference) -> Array:
-    """``Σ clip(t) log(clip(t)/clip(p))`` along ``axis``, equal to ``reference(t, p)`` (the core's
-    program); the form above where it applies."""
+def forward_kl(t: Array, p: Array, epsilon: float, axis: int) -> Array | None:
+    """``Σ clip(t) log(clip(t)/clip(p))`` along ``axis`` in the form above, equal to the core's
+    program; None where it does not apply (the core's program runs instead)."""
     if not jnp.issubdtype(t.dtype, jnp.floating) or p.dtype != t.dtype or t.shape != p.shape:
-        return reference(t, p)
+        return None
     return _forward_kl(t, p, epsilon, axis)
 
 
@@ -81,7 +79,7 @@ def _rows_jvp(epsilon: float, axis: int, primals: tuple, tangents: tuple) -> tup
     if not isinstance(dp, SymbolicZero):
         d_p = jnp.where(inside(p, epsilon, 1.0), -t_c / p_c, zero)
         terms.append(jnp.sum(d_p * dp, axis=axis))
-    return rows, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(rows)
+    return rows, sum(terms, jnp.zeros_like(rows))
 
 
 _rows.defjvp(_rows_jvp, symbolic_zeros=True)

@@ -224,11 +224,11 @@ framework's compiler needs another form of it (``jax.numpy``: :mod:`kldiv._jax_e
 must equal (values, NaN/inf pattern, gradient) and may fall back to."""
 
 
-KERAS_FORWARD_KL: dict[str, Callable[[Array, Array, float, int, Callable[[Array, Array], Array]], Array]] = {}
+KERAS_FORWARD_KL: dict[str, Callable[[Array, Array, float, int], Array | None]] = {}
 """Keras mode's forward KL of two probability arrays *as given* (before the clip) for one namespace
 where a framework's compiler needs another form of it (``jax.numpy``: :mod:`kldiv._jax_keras`).
-Called as ``special(t, p, epsilon, axis, reference)``; ``reference(t, p)`` is the core's program,
-which the special must equal (values to rounding, NaN/inf pattern, gradient) and may fall back to."""
+Called as ``special(t, p, epsilon, axis)``; it must equal the core's program :func:`_keras_kl`
+(values to rounding, NaN/inf pattern, gradient), or return None for inputs it does not serve."""
 
 
 def kl(xp: Namespace, a: Distribution, b: Distribution, axis: int | None) -> Array:
@@ -237,10 +237,8 @@ def kl(xp: Namespace, a: Distribution, b: Distribution, axis: int | None) -> Arr
     if a.given is not None and b.given is not None:
         if a.epsilon > 0:
             special = KERAS_FORWARD_KL.get(getattr(xp, "__name__", ""))
-            if special is not None and axis is not None:
-                program = _keras_probs_program(xp, axis, a.epsilon)
-                return special(a.given, b.given, a.epsilon, axis, program)
-            return _keras_kl(xp, a, b, axis)
+            rows = None if special is None or axis is None else special(a.given, b.given, a.epsilon, axis)
+            return _keras_kl(xp, a, b, axis) if rows is None else rows
         special = EXACT_FORWARD_KL.get(getattr(xp, "__name__", ""))
         if special is not None and axis is not None:
             return special(a.probs, b.probs, axis, _exact_probs_program(xp, axis))
@@ -268,17 +266,6 @@ def _exact_probs_program(xp: Namespace, axis: int) -> Callable[[Array, Array], A
         a = Distribution(xp, t, "probs", axis=axis, epsilon=0.0, temperature=1.0)
         b = Distribution(xp, p, "probs", axis=axis, epsilon=0.0, temperature=1.0)
         return _masked_kl(xp, a, b, axis)
-
-    return program
-
-
-def _keras_probs_program(xp: Namespace, axis: int, epsilon: float) -> Callable[[Array, Array], Array]:
-    """:func:`_keras_kl` of two probability arrays as given, as one function of the arrays."""
-
-    def program(t: Array, p: Array) -> Array:
-        a = Distribution(xp, t, "probs", axis=axis, epsilon=epsilon, temperature=1.0)
-        b = Distribution(xp, p, "probs", axis=axis, epsilon=epsilon, temperature=1.0)
-        return _keras_kl(xp, a, b, axis)
 
     return program
 
